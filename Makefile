@@ -1,0 +1,52 @@
+# EchoForge — two set-up commands: `make demo` (the main job on the phantom default) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock constraints.txt | sha256sum | cut -c1-12)
+
+# Project-local state, analytics off (ARCHITECTURE.md conventions).
+export PATH := $(BIN):$(PATH)
+export PREFECT_HOME := $(CURDIR)/.prefect
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site-cache
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv demo data repro test test-fast lint bench clean-outputs
+
+venv: $(STAMP)
+
+$(STAMP):
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c requirements.lock -c constraints.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+## The main job: materialise the phantom raw data (matching data.dvc), then run the whole DVC pipeline.
+demo: venv data repro
+	@echo "demo finished: see README 'What to look at'"
+
+## Raw data: from the DVC remote/cache if it has it, else regenerated deterministically from params.yaml.
+data: venv
+	@bash infra/scripts/materialize_data.sh
+
+repro: venv
+	dvc repro
+
+test: venv
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	$(BIN)/python benchmarks/prepare.py

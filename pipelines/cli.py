@@ -1,0 +1,73 @@
+"""`echoforge`: the one entry point for humans, dvc.yaml and Prefect.
+
+Sub-commands live in `pipelines/commands/<group>.py`; each exposes `register(app)`. Heavy libraries
+(torch, diffusers, mlflow, GX) are imported inside the commands, so `echoforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from pipelines.settings import apply_defaults
+
+apply_defaults()
+
+app = typer.Typer(
+    name="echoforge",
+    help="EchoForge: echocardiography video synthesis, from raw data to a served model. Research use only.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# (group name, help, modules under pipelines.commands that each add commands to the group)
+GROUPS = [
+    ("data", "Phantom datasets, validation, preparation, reference sets.",
+     ["data_phantom", "data_validate", "data_prepare"]),
+    ("vae", "Train, import and register the VAE.", ["vae"]),
+    ("latents", "Encode prepared datasets into VAE latents.", ["latents"]),
+    ("evaluate", "FID/FVD/IS/KID and downstream evaluation.", ["evaluate"]),
+]
+
+
+def _build() -> None:
+    for name, help_text, modules in GROUPS:
+        sub = typer.Typer(help=help_text, no_args_is_help=True, pretty_exceptions_enable=False)
+        for module in modules:
+            importlib.import_module(f"pipelines.commands.{module}").register(sub)
+        app.add_typer(sub, name=name)
+
+
+_build()
+
+
+def main() -> None:
+    """Run the CLI; user-caused errors print one clear message (no traceback) and exit non-zero."""
+    from echo_core.errors import EchoForgeError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        app(standalone_mode=False)
+    except EchoForgeError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

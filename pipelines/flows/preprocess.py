@@ -1,0 +1,115 @@
+"""Prefect flow `preprocess`: validate (GX) → prepare → reference, per dataset, fanned out per video.
+
+Thin wiring of echo_core functions: tasks pass paths and small dicts, never tensors. Resumable: each
+video's output is reused when its source content hash matches (echo_core.data.prepare), so a re-run
+after a crash only redoes the missing videos. Run it directly:
+    python -m pipelines.flows.preprocess --dataset dynamic
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from echo_core.config import load_params, load_section
+from echo_core.data.prepare import (
+    PrepareConfig,
+    finalize_prepare,
+    open_staging,
+    plan_prepare,
+    prepare_video,
+    read_exclude,
+)
+from echo_core.data.reference import ReferenceConfig, finalize_reference, plan_reference
+from echo_core.errors import DataError
+from pipelines.flows.common import retry_transient_only, task_runner
+
+
+@task(name="validate", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)
+def validate_task(kind: str, root: str, out_dir: str, quarantine: bool) -> dict[str, Any]:
+    from pipelines.validation import format_report, validate_dataset, write_quarantine
+
+    out = Path(out_dir)
+    report = validate_dataset(kind, root, docs_dir=out / "data_docs", report_path=out / "report.json",
+                              quarantine=quarantine)
+    quarantine_csv = write_quarantine(report, out / "quarantine.csv")
+    get_run_logger().info(format_report(report))
+    if not report.success:
+        raise DataError(f"validation failed for {root}; see {out / 'report.json'}",
+                        fix="fix the rows listed above, or re-run with quarantine enabled")
+    return {"report": str(out / "report.json"), "quarantine": str(quarantine_csv),
+            "bad_rows": len(report.bad_rows)}
+
+
+@task(name="prepare-video", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient_only)
+def prepare_video_task(job, staging: str) -> dict[str, Any]:
+    return prepare_video(job, staging)
+
+
+def _fan_out(jobs, staging: Path, label: str) -> list[dict[str, Any]]:
+    """Submit one task per video to the flow's bounded pool and report progress as an artifact."""
+    logger = get_run_logger()
+    futures = [prepare_video_task.submit(job, str(staging)) for job in jobs]
+    artifact = create_progress_artifact(0.0, description=label)
+    results = []
+    for i, future in enumerate(futures, start=1):
+        results.append(future.result())
+        update_progress_artifact(artifact, 100.0 * i / len(futures))
+        if i == len(futures) or i % max(1, len(futures) // 10) == 0:
+            logger.info("%s: %d/%d videos", label, i, len(futures))
+    return results
+
+
+def prepare_one(name: str, spec: dict[str, Any], out_root: Path, config: PrepareConfig,
+                quarantine: bool) -> str:
+    """validate → prepare for one dataset; returns the prepared folder."""
+    checked = validate_task(spec["validate_kind"], spec["raw"], str(out_root / "validation" / name), quarantine)
+    plan = plan_prepare(spec["kind"], spec["raw"], out_root / "prepared" / name, config=config,
+                        exclude=read_exclude(checked["quarantine"]))
+    results = _fan_out(plan.jobs, open_staging(plan.dst), f"prepare {name}")
+    report = finalize_prepare(plan, results)
+    get_run_logger().info(report.summary())
+    return report.dst
+
+
+def reference_one(name: str, prepared: str, out_root: Path, config: ReferenceConfig) -> str:
+    plan = plan_reference(prepared, out_root / "reference" / name, config=config)
+    results = _fan_out(plan.jobs, open_staging(plan.dst), f"reference {name}")
+    return finalize_reference(plan, results).dst
+
+
+@flow(name="preprocess", log_prints=True, task_runner=task_runner("thread", workers=2))
+def preprocess(datasets: list[str] | None = None, params_path: str = "params.yaml", out_root: str = "outputs",
+               quarantine: bool = False) -> dict[str, dict[str, str]]:
+    """Validate, prepare and build reference sets for `datasets` (default: all in params.yaml)."""
+    params = load_params(params_path)
+    specs = params["datasets"]
+    prepare_cfg = load_section(PrepareConfig, "prepare", params_path)
+    ref_params = params.get("reference", {})
+    out = Path(out_root)
+    done: dict[str, dict[str, str]] = {}
+    for name in datasets or list(specs):
+        if name not in specs:
+            raise DataError(f"unknown dataset {name!r}", fix=f"use one of: {', '.join(specs)}")
+        prepared = prepare_one(name, specs[name], out, prepare_cfg, quarantine)
+        ref_cfg = ReferenceConfig(**{**ref_params, "frames": specs[name]["reference_frames"]})
+        done[name] = {"prepared": prepared, "reference": reference_one(name, prepared, out, ref_cfg)}
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", action="append", help="dataset name from params.yaml (repeatable)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out-root", default="outputs")
+    parser.add_argument("--quarantine", action="store_true")
+    args = parser.parse_args()
+    print(preprocess(args.dataset, args.params, args.out_root, args.quarantine))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""MLflow adapter: runs, params, buffered metrics, artifacts, registry, aliases, lineage tags.
+
+The only module (with pipelines/serving) that talks to MLflow. echo_core sees it through the
+`echo_core.tracking.Tracker` protocol. Metrics are buffered and flushed by a background thread, so a
+tracking server that is down or restarting never stalls or kills training: points are retried until
+they are accepted, and `close()` waits (bounded) for the buffer to drain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from echo_core.errors import TrackingError
+from echo_core.utils.hashing import config_hash, sha256_tree
+
+log = logging.getLogger("echoforge.tracking")
+
+_PARAM_MAX = 6000  # MLflow 3 param value limit (chars)
+FOLDER_MODEL_CODE = Path(__file__).parent / "serving" / "folder_model.py"
+
+
+def _mlflow():
+    # Lazy: `import mlflow` costs ~2-4 s and the CLI must start fast.
+    import mlflow
+
+    return mlflow
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
+
+
+def ensure_experiment(name: str) -> str:
+    """Create the experiment if needed, with artifacts next to a sqlite store (inside the project)."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → {'a.b': 'value'} with values cut to MLflow's limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:_PARAM_MAX]
+    return flat
+
+
+class MlflowTracker:
+    """Tracker bound to one MLflow run; metric logging never blocks on the server."""
+
+    def __init__(self, run_id: str, *, flush_interval: float = 2.0):
+        from mlflow.tracking import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri())
+        self._buffer: list[Any] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._interval = flush_interval
+        self._warned = False
+        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    # -- Tracker protocol -------------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for start in range(0, len(items), 100):
+            self._retry(lambda chunk=items[start:start + 100]: self.client.log_batch(self.run_id, params=chunk))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        with self._lock:
+            self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._retry(lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
+        else:
+            self._retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._retry(lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)))
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self._retry(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+
+    # -- buffering ----------------------------------------------------------------------------------
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Push buffered metrics now; True when the buffer drained within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._push_once():
+                return True
+            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        return False
+
+    def close(self, timeout: float = 120.0) -> None:
+        drained = self.flush(timeout)
+        self._stop = True
+        self._wake.set()
+        if not drained:
+            raise TrackingError(
+                f"could not deliver {len(self._buffer)} buffered metrics to {tracking_uri()} in {timeout:.0f}s",
+                fix="check that the MLflow tracking server is up; the run's checkpoints are intact",
+            )
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def _flush_loop(self) -> None:
+        while not self._stop:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._push_once()
+
+    def _push_once(self) -> bool:
+        with self._lock:
+            batch = self._buffer[:900]
+        if not batch:
+            return True
+        try:
+            self.client.log_batch(self.run_id, metrics=batch)
+        except Exception as exc:  # server down/restarting: keep the points, retry later
+            if not self._warned:
+                log.warning("MLflow unreachable (%s); buffering metrics and retrying", type(exc).__name__)
+                self._warned = True
+            return False
+        with self._lock:
+            del self._buffer[: len(batch)]
+            empty = not self._buffer
+        self._warned = False
+        return empty
+
+    def _retry(self, call, attempts: int = 30, delay: float = 2.0) -> Any:
+        for attempt in range(attempts):
+            try:
+                return call()
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    raise TrackingError(f"MLflow call failed after {attempts} tries: {exc}") from None
+                time.sleep(delay)
+        return None
+
+
+@contextlib.contextmanager
+def start_run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
+              run_id: str | None = None) -> Iterator[MlflowTracker]:
+    """Open (or re-open, for resume) a run; FINISHED on success, FAILED on error; metrics always flushed."""
+    mlflow = _mlflow()
+    exp_id = ensure_experiment(experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, run_id=run_id, tags=tags) as run:
+        tracker = MlflowTracker(run.info.run_id)
+        try:
+            yield tracker
+        finally:
+            tracker.close()
+
+
+# -- lineage ------------------------------------------------------------------------------------------
+def git_commit(root: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_hash(path: str | Path) -> str:
+    """DVC's md5 of `path` when DVC tracks it (dvc.lock outs or a .dvc file), else a content sha256."""
+    path = Path(path)
+    for lock in (Path("dvc.lock"), path.parent / f"{path.name}.dvc"):
+        found = _md5_from_dvc_file(lock, path)
+        if found:
+            return f"md5:{found}"
+    return f"sha256:{sha256_tree(path)}" if path.exists() else "missing"
+
+
+def _md5_from_dvc_file(dvc_file: Path, target: Path) -> str | None:
+    if not dvc_file.is_file():
+        return None
+    doc = yaml.safe_load(dvc_file.read_text()) or {}
+    outs = list(doc.get("outs", []))
+    for stage in (doc.get("stages") or {}).values():
+        outs.extend(stage.get("outs", []))
+    wanted = {target.as_posix().rstrip("/"), target.name}
+    for out in outs:
+        if str(out.get("path", "")).rstrip("/") in wanted and out.get("md5"):
+            return str(out["md5"])
+    return None
+
+
+def lineage_tags(config: Any, data_paths: list[str | Path] | None = None) -> dict[str, str]:
+    tags = {"git_commit": git_commit(), "config_hash": config_hash(config)}
+    for i, p in enumerate(data_paths or []):
+        tags["data_dvc_hash" if i == 0 else f"data_dvc_hash_{i}"] = data_hash(p)
+    return tags
+
+
+# -- registry -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    uri: str
+    run_id: str | None
+
+
+def log_model_folder(folder: str | Path, *, name: str, registered_model_name: str, alias: str | None = None,
+                     tags: dict[str, str] | None = None, python_model_file: str | Path | None = None,
+                     pip_requirements: list[str] | None = None) -> ModelVersionInfo:
+    """Log `folder` as the artifact `model_dir` of a models-from-code pyfunc in the active run and register it."""
+    mlflow = _mlflow()
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(python_model_file or FOLDER_MODEL_CODE),
+        artifacts={"model_dir": str(folder)},
+        pip_requirements=pip_requirements or _default_requirements(),
+        registered_model_name=registered_model_name,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.tracking.MlflowClient(tracking_uri())
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(registered_model_name, version, key, str(value))
+    if alias:
+        client.set_registered_model_alias(registered_model_name, alias, version)
+    return ModelVersionInfo(registered_model_name, version, f"models:/{registered_model_name}/{version}",
+                            mlflow.active_run().info.run_id if mlflow.active_run() else None)
+
+
+def _default_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "diffusers", "safetensors", "pandas", "numpy")]
+
+
+def get_model_version(name: str, alias_or_version: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    try:
+        if alias_or_version.isdigit():
+            return client.get_model_version(name, alias_or_version)
+        return client.get_model_version_by_alias(name, alias_or_version)
+    except Exception as exc:
+        raise TrackingError(
+            f"model '{name}' has no version/alias '{alias_or_version}' in {tracking_uri()} ({type(exc).__name__})",
+            fix=f"list versions with `echoforge registry list --model {name}`",
+        ) from None
+
+
+def resolve_model_folder(uri_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Local folder for `models:/name@alias`, `models:/name/3`, or an existing local folder."""
+    text = str(uri_or_path)
+    if not text.startswith("models:/"):
+        path = Path(text)
+        if not path.is_dir():
+            raise TrackingError(f"model folder not found: {path}", fix="pass a folder or models:/<name>@<alias>")
+        return path
+    name, sep, ref = text.removeprefix("models:/").partition("@")
+    if not sep:
+        name, _, ref = name.partition("/")
+    mv = get_model_version(name, ref)
+    dst = Path(cache_dir or Path.cwd() / "mlruns" / "downloads") / f"{name}-v{mv.version}"
+    if not (dst / "MLmodel").is_file():
+        _download_atomic(f"models:/{name}/{mv.version}", dst)
+    return _artifact_dir(dst, "model_dir", text)
+
+
+def _download_atomic(uri: str, dst: Path) -> None:
+    import shutil
+    import tempfile
+
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri())
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _artifact_dir(model_root: Path, key: str, label: str) -> Path:
+    """Where the pyfunc artifact `key` lives inside a downloaded model (MLmodel records the path)."""
+    mlmodel = yaml.safe_load((model_root / "MLmodel").read_text())
+    rel = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {}).get(key, {}).get("path")
+    if not rel or not (model_root / rel).exists():
+        raise TrackingError(f"{label} has no '{key}' artifact", fix="re-register the model")
+    return model_root / rel

@@ -1,0 +1,33 @@
+"""Test-wide environment: all tool state goes into a per-session temp project folder, analytics off."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_STATE = Path(tempfile.mkdtemp(prefix="echoforge-test-state-"))
+for key, value in {
+    "PREFECT_HOME": str(_STATE / "prefect"),
+    "DVC_SITE_CACHE_DIR": str(_STATE / "dvc-site-cache"),
+    "MLFLOW_TRACKING_URI": f"sqlite:///{_STATE / 'mlflow.db'}",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_TO_API_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}.items():
+    os.environ[key] = value
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
