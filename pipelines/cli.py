@@ -31,7 +31,10 @@ GROUPS = [
     ("vae", "Train, import and register the VAE.", ["vae"]),
     ("latents", "Encode prepared datasets into VAE latents.", ["latents"]),
     ("evaluate", "FID/FVD/IS/KID and downstream evaluation.", ["evaluate"]),
+    ("train", "Train the latent video diffusion model.", ["train"]),
+    ("registry", "Promote, roll back and list registered model versions.", ["registry"]),
 ]
+ROOT_COMMANDS = ["sample"]  # modules whose `register_root(app)` adds a top-level command
 
 
 def _build() -> None:
@@ -40,6 +43,8 @@ def _build() -> None:
         for module in modules:
             importlib.import_module(f"pipelines.commands.{module}").register(sub)
         app.add_typer(sub, name=name)
+    for module in ROOT_COMMANDS:
+        importlib.import_module(f"pipelines.commands.{module}").register_root(app)
 
 
 _build()
@@ -51,22 +56,10 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        app(standalone_mode=False)
+        app()  # standalone: click prints usage errors itself (exit 2) and calls sys.exit
     except EchoForgeError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -30,19 +30,26 @@ from pipelines.flows.common import retry_transient_only, task_runner
 
 
 @task(name="validate", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)
-def validate_task(kind: str, root: str, out_dir: str, quarantine: bool) -> dict[str, Any]:
+def validate_task(kind: str, root: str, out_dir: str, quarantine: bool, prepared: bool = False) -> dict[str, Any]:
     from pipelines.validation import format_report, validate_dataset, write_quarantine
 
     out = Path(out_dir)
-    report = validate_dataset(kind, root, docs_dir=out / "data_docs", report_path=out / "report.json",
-                              quarantine=quarantine)
-    quarantine_csv = write_quarantine(report, out / "quarantine.csv")
+    report = validate_dataset(kind, root, prepared=prepared, docs_dir=out / "data_docs",
+                              report_path=out / "report.json", quarantine=quarantine)
+    quarantine_csv = write_quarantine(report if quarantine else _nothing_quarantined(report),
+                                      out / "quarantine.csv")
     get_run_logger().info(format_report(report))
     if not report.success:
         raise DataError(f"validation failed for {root}; see {out / 'report.json'}",
                         fix="fix the rows listed above, or re-run with quarantine enabled")
     return {"report": str(out / "report.json"), "quarantine": str(quarantine_csv),
             "bad_rows": len(report.bad_rows)}
+
+
+def _nothing_quarantined(report):
+    import dataclasses
+
+    return dataclasses.replace(report, failures=[], bad_rows={})
 
 
 @task(name="prepare-video", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient_only)
@@ -66,10 +73,20 @@ def _fan_out(jobs, staging: Path, label: str) -> list[dict[str, Any]]:
 
 def prepare_one(name: str, spec: dict[str, Any], out_root: Path, config: PrepareConfig,
                 quarantine: bool) -> str:
-    """validate → prepare for one dataset; returns the prepared folder."""
+    """validate (raw) → prepare for one FileList dataset; returns the prepared folder."""
     checked = validate_task(spec["validate_kind"], spec["raw"], str(out_root / "validation" / name), quarantine)
     plan = plan_prepare(spec["kind"], spec["raw"], out_root / "prepared" / name, config=config,
                         exclude=read_exclude(checked["quarantine"]))
+    return _finish_prepare(plan, name)
+
+
+def import_cardiacnet(raw: str, out_root: Path, config: PrepareConfig) -> str:
+    """CardiacNet's raw NIfTI tree has no table to validate: convert it, then validate the import."""
+    plan = plan_prepare("cardiacnet", raw, out_root / "prepared" / "cardiacnet", config=config)
+    return _finish_prepare(plan, "cardiacnet")
+
+
+def _finish_prepare(plan, name: str) -> str:
     results = _fan_out(plan.jobs, open_staging(plan.dst), f"prepare {name}")
     report = finalize_prepare(plan, results)
     get_run_logger().info(report.summary())
@@ -87,16 +104,20 @@ def preprocess(datasets: list[str] | None = None, params_path: str = "params.yam
                quarantine: bool = False) -> dict[str, dict[str, str]]:
     """Validate, prepare and build reference sets for `datasets` (default: all in params.yaml)."""
     params = load_params(params_path)
-    specs = params["datasets"]
     prepare_cfg = load_section(PrepareConfig, "prepare", params_path)
-    ref_params = params.get("reference", {})
     out = Path(out_root)
     done: dict[str, dict[str, str]] = {}
-    for name in datasets or list(specs):
-        if name not in specs:
-            raise DataError(f"unknown dataset {name!r}", fix=f"use one of: {', '.join(specs)}")
-        prepared = prepare_one(name, specs[name], out, prepare_cfg, quarantine)
-        ref_cfg = ReferenceConfig(**{**ref_params, "frames": specs[name]["reference_frames"]})
+    for name in datasets or list(params["datasets"]):
+        spec = params["datasets"].get(name)
+        if spec is None:
+            raise DataError(f"unknown dataset {name!r}", fix=f"use one of: {', '.join(params['datasets'])}")
+        if name in params.get("raw_datasets", {}):
+            prepared = prepare_one(name, params["raw_datasets"][name], out, prepare_cfg, quarantine)
+        else:
+            prepared = import_cardiacnet(params["cardiacnet_raw"], out, prepare_cfg)
+        validate_task(spec["validate_kind"], prepared, str(out / "validation" / f"{name}-prepared"), False,
+                      prepared=True)
+        ref_cfg = ReferenceConfig(**{**params.get("reference", {}), "frames": spec["reference_frames"]})
         done[name] = {"prepared": prepared, "reference": reference_one(name, prepared, out, ref_cfg)}
     return done
 
