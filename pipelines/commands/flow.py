@@ -1,0 +1,23 @@
+"""`echoforge flow …`: run the Prefect flows from the CLI (same as `python -m pipelines.flows.<name>`)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def preprocess(
+    dataset: list[str] | None = typer.Option(None, "--dataset", help="Dataset name from params.yaml (repeatable)."),
+    params: str = typer.Option("params.yaml", "--params", help="params.yaml with datasets / prepare / reference."),
+    out_root: str = typer.Option("outputs", "--out-root", help="Where validation/, prepared/, reference/ go."),
+    quarantine: bool = typer.Option(False, "--quarantine", help="Set failing rows aside instead of failing."),
+) -> None:
+    """Validate (GX) → prepare → reference, fanned out per video with retries; resumable."""
+    from pipelines.flows.preprocess import preprocess as flow
+
+    typer.echo(json.dumps(flow(dataset, params, out_root, quarantine), indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("preprocess")(preprocess)
