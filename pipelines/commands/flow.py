@@ -19,5 +19,20 @@ def preprocess(
     typer.echo(json.dumps(flow(dataset, params, out_root, quarantine), indent=2))
 
 
+
+
+def encode(
+    vae: str = typer.Option("models:/echo-vae@candidate", "--vae", help="Registered VAE URI or a folder."),
+    dataset: list[str] | None = typer.Option(None, "--dataset", help="Dataset name from params.yaml (repeatable)."),
+    params: str = typer.Option("params.yaml", "--params"),
+    out_root: str = typer.Option("outputs", "--out-root", help="Reads <out-root>/prepared, writes /latents."),
+) -> None:
+    """Encode prepared datasets with the registered VAE (resumable)."""
+    from pipelines.flows.encode import encode as flow
+
+    typer.echo(json.dumps(flow(vae, dataset, params, out_root), indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.command("preprocess")(preprocess)
+    app.command("encode")(encode)
