@@ -1,0 +1,68 @@
+"""The LVDM model card: attached to every registered serving version as artifacts (JSON + Markdown) and as
+model-version tags (`card.*`), so the registry UI and `echoforge registry list` show it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+INTENDED_USE = ("Research only: synthetic echocardiography videos for method development, data augmentation "
+                "studies and benchmarking. Not a medical device; never for diagnosis, treatment or any "
+                "clinical decision.")
+METRICS_PROTOCOL = ("StyleGAN-V protocol (FID on frames, FVD16/FVD128 on clips, IS, KID) when verified "
+                    "weights are present; otherwise the offline *_fallback metrics, which are NOT comparable "
+                    "to published numbers. EF adherence: MAE between the requested EF and an EF regressor's "
+                    "estimate on generated videos. See `echoforge evaluate metrics` and the run's protocol JSON.")
+KNOWN_LIMITS = [
+    "Trained on 112x112 grayscale apical/parasternal echo clips; other views, sizes or colour Doppler are "
+    "out of distribution.",
+    "Videos longer than the training clip are made by overlapping-window joint denoising; motion can drift "
+    "over long horizons.",
+    "Conditioning (EF, class, text) is followed approximately; check adherence metrics before relying on it.",
+    "Generated videos can reproduce training data features; apply a privacy filter before sharing them.",
+    "The default conditioning frame is a synthetic phantom, not anatomy of a real patient.",
+]
+
+
+def build_model_card(*, name: str, config: dict[str, Any], lineage: dict[str, str],
+                     metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    """The card as a dict. config: the LVDM training config (dump); lineage: git/data/source tags."""
+    conditioning = config.get("conditioning", {})
+    return {
+        "model": name,
+        "intended_use": INTENDED_USE,
+        "training_data_version": lineage.get("data_dvc_hash", "unknown"),
+        "source_model_version": lineage.get("source_version", "unknown"),
+        "git_commit": lineage.get("git_commit", "unknown"),
+        "conditioning": conditioning.get("types", []),
+        "objective": config.get("objective", {}).get("kind", "v_ddpm"),
+        "clip_frames": config.get("dataset", {}).get("num_frames"),
+        "fps": config.get("dataset", {}).get("target_fps"),
+        "metrics_protocol": METRICS_PROTOCOL,
+        "metrics": metrics or {},
+        "known_limits": KNOWN_LIMITS,
+        "default_conditioning_frame": "phantom A4C end-diastolic frame (echo_core/sampling/default_frame.py)",
+    }
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    lines = [f"# Model card: {card['model']}", "", "## Intended use", card["intended_use"], "",
+             "## Training data", f"Version (DVC hash): `{card['training_data_version']}`; source model "
+             f"version {card['source_model_version']}; code `{card['git_commit']}`.", "",
+             "## Model", f"Conditioning: {', '.join(card['conditioning']) or 'none'}; objective "
+             f"{card['objective']}; clip {card['clip_frames']} frames at {card['fps']} fps.", "",
+             "## Metrics protocol", card["metrics_protocol"], ""]
+    if card["metrics"]:
+        lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v:.6g} |" for k, v in card["metrics"].items()], ""]
+    lines += ["## Known limits", *[f"- {limit}" for limit in card["known_limits"]], "",
+              f"Default conditioning frame: {card['default_conditioning_frame']}.", ""]
+    return "\n".join(lines)
+
+
+def card_tags(card: dict[str, Any]) -> dict[str, str]:
+    """Model-version tags (`card.*`; MLflow tag values are strings)."""
+    return {"card.intended_use": "research only (not clinical)",
+            "card.training_data_version": str(card["training_data_version"]),
+            "card.conditioning": ",".join(card["conditioning"]),
+            "card.objective": str(card["objective"]),
+            "card.metrics_protocol": "StyleGAN-V exact or *_fallback (offline)",
+            "card.known_limits": " | ".join(card["known_limits"])[:4900]}

@@ -1,0 +1,83 @@
+"""`echoforge registry promote | rollback | list` against a real MLflow sqlite registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.commands.registry import PromotionConfig, PromotionError, gate_failures
+
+pytestmark = pytest.mark.integration
+MODEL = "echo-lvdm-registry-test"
+GATE = """promotion:
+  metric_thresholds:
+    fvd16_fallback: {max: 500.0}
+    ef_adherence_mae: {max: 10.0}
+  require_metrics: [fvd16_fallback, ef_adherence_mae]
+"""
+
+
+def test_gate_failures_lists_every_problem():
+    gate = PromotionConfig.model_validate({"metric_thresholds": {"fvd": {"max": 5}, "acc": {"min": 0.5}},
+                                           "require_metrics": ["fvd", "mae"]})
+    assert gate_failures({"fvd": 4.0, "acc": 0.9, "mae": 1.0}, gate) == []
+    assert gate_failures({"fvd": 6.0, "acc": 0.1}, gate) == ["mae: missing", "fvd: 6 > max 5", "acc: 0.1 < min 0.5"]
+
+
+def _register_versions(tmp_path: Path, n: int) -> list[str]:
+    from pipelines.tracking import log_model_folder, start_run
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with start_run("registry-test"):
+        return [log_model_folder(folder, name="m", registered_model_name=MODEL).version for _ in range(n)]
+
+
+def _tag_metrics(version: str, **metrics: float) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import tracking_uri
+
+    for name, value in metrics.items():
+        MlflowClient(tracking_uri()).set_model_version_tag(MODEL, version, f"metric.{name}", str(value))
+
+
+def test_promote_rollback_list(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(GATE)
+    v1, v2, v3 = _register_versions(tmp_path, 3)
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, ["registry", *args, "--model", MODEL])
+
+    def promote(version: str):
+        return runner.invoke(app, ["registry", "promote", "--model", MODEL, "--version", version,
+                                   "--params", str(params)])
+
+    refused = promote(v1)
+    assert isinstance(refused.exception, PromotionError) and refused.exception.exit_code == 1
+    assert "fvd16_fallback: missing" in str(refused.exception) and "ef_adherence_mae: missing" in str(refused.exception)
+
+    _tag_metrics(v1, fvd16_fallback=100.0, ef_adherence_mae=5.0)
+    _tag_metrics(v2, fvd16_fallback=200.0, ef_adherence_mae=6.0)
+    _tag_metrics(v3, fvd16_fallback=900.0, ef_adherence_mae=6.0)
+    for version in (v1, v2):
+        ok = promote(version)
+        assert ok.exit_code == 0, ok.output
+    bad = promote(v3)
+    assert isinstance(bad.exception, PromotionError) and "fvd16_fallback: 900 > max 500" in str(bad.exception)
+
+    listing = run("list")
+    assert f"v{v2}  aliases=champion" in listing.output and '"fvd16_fallback": 200.0' in listing.output
+    assert f'champion_history: ["{v1}"]' in listing.output
+
+    back = run("rollback")
+    assert back.exit_code == 0 and f"-> version {v1}" in back.output
+    assert f"v{v1}  aliases=champion" in run("list").output
+    empty = run("rollback")
+    assert isinstance(empty.exception, PromotionError) and "no previous champion" in str(empty.exception)

@@ -1,0 +1,149 @@
+"""`mlflow models serve -m models:/echo-lvdm@champion --env-manager local` with a tiny real bundle: valid
+requests return a playable mp4; invalid ones get HTTP 400 with a clear message (never a 500)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from _tiny_lvdm import make_lvdm_folder, make_vae_folder  # noqa: E402
+
+from echo_core.data.video import probe_video  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MLFLOW = Path(sys.executable).parent / "mlflow"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _wait_ping(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError("server did not answer /ping")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop uvicorn (the child mlflow execs) and then mlflow itself, each by its PID."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        child.terminate()
+    psutil.wait_procs(children, timeout=15)
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    from echo_core.sampling.requests import ServingLimits
+    from pipelines.serving.register import register_serving_model
+    from pipelines.tracking import tracking_uri
+
+    root = tmp_path_factory.mktemp("serve")
+    limits = ServingLimits(max_frames=8, max_steps=4, default_frames=4, default_steps=2)
+    info = register_serving_model(make_lvdm_folder(root / "lvdm"), make_vae_folder(root / "vae"),
+                                  alias="candidate", tags={"data_dvc_hash": "md5:test"}, limits=limits)
+    MlflowClient(tracking_uri()).set_registered_model_alias("echo-lvdm", "champion", info.version)
+    port = _free_port()
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH (as it is in an activated venv)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "600",
+           "OMP_NUM_THREADS": "2", "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([str(MLFLOW), "models", "serve", "-m", "models:/echo-lvdm@champion", "--env-manager",
+                             "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_ping(port, proc)
+        yield port, info
+    finally:
+        _stop(proc)
+
+
+def test_valid_request_returns_a_playable_mp4(server, tmp_path):
+    port, _ = server
+    status, body = _post(port, {"dataframe_records": [{"ef": 45.0}],
+                                "params": {"num_frames": 4, "num_inference_steps": 2, "seed": 3, "fps": 25.0}})
+    assert status == 200, body
+    row = body["predictions"][0]
+    video = tmp_path / "out.mp4"
+    video.write_bytes(base64.b64decode(row["video"]))
+    info = probe_video(video, count=True)
+    assert (info.num_frames, info.height, info.width) == (4, 112, 112)
+    assert info.fps == pytest.approx(25.0) and row["fps"] == pytest.approx(25.0) and row["seed"] == 3
+
+
+def _png(size: int) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((size, size), np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize(("record", "params", "message"), [
+    ({"ef": 150.0}, {}, "outside [0, 100]"),
+    ({"class_id": 2}, {}, "not class-conditioned"),
+    ({"text": ""}, {}, "prompt is empty"),
+    ({"ef": 50.0}, {"num_frames": 0}, "num_frames"),
+    ({"ef": 50.0}, {"num_frames": 9}, "num_frames"),
+    ({"ef": 50.0}, {"num_inference_steps": 5}, "num_inference_steps"),
+    ({"ef": 50.0, "conditioning_frame": "not-base64!"}, {}, "not valid base64"),
+    ({"ef": 50.0, "conditioning_frame": _png(64)}, {}, "needs 112x112"),
+])
+def test_invalid_requests_get_400_with_a_message(server, record, params, message):
+    port, _ = server
+    status, body = _post(port, {"dataframe_records": [record], "params": params})
+    assert status == 400, body
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE" and message in body["message"]
+
+
+def test_version_carries_the_model_card(server):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import tracking_uri
+
+    _, info = server
+    tags = MlflowClient(tracking_uri()).get_model_version("echo-lvdm", info.version).tags
+    assert tags["card.intended_use"].startswith("research only") and tags["card.training_data_version"] == "md5:test"

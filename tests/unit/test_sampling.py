@@ -1,0 +1,109 @@
+"""Sampler math: windows, merging, guidance, seeds, schedulers — with a tiny real SVD denoiser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from echo_core.diffusion.objectives import DDPMObjectiveConfig, FlowObjectiveConfig, make_scheduler
+from echo_core.diffusion.sampling import (
+    Guidance,
+    make_sampling_scheduler,
+    merge_windows,
+    sample_video,
+    window_starts,
+)
+from echo_core.errors import UsageError
+from echo_core.models.conditioning import ConditionEncoder, ConditioningConfig
+from echo_core.models.unet import UNetConfig, build_denoiser
+
+torch.set_num_threads(2)
+DDPM = DDPMObjectiveConfig()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    denoiser = build_denoiser(UNetConfig(name="tiny"), cross_attention_dim=1, num_frames=4).eval()
+    encoder = ConditionEncoder(ConditioningConfig(types=["ef"], dim=1))
+    return denoiser, encoder
+
+
+def _run(model, seeds, *, sampler="ddim", objective=DDPM, num_frames=4, window=4, stride=2, scale=1.0,
+         frame_scale=None, blend=False, steps=2):
+    denoiser, encoder = model
+    b = len(seeds)
+    frame = torch.linspace(-1, 1, 4 * 14 * 14).reshape(1, 4, 14, 14).repeat(b, 1, 1, 1)
+    tokens = encoder({"ef": torch.full((b,), 0.55), "has_ef": torch.ones(b, dtype=torch.bool)})
+    return sample_video(denoiser, sampler, objective=objective, cond_frame=frame, cond_tokens=tokens,
+                        null_tokens=encoder.null_condition(b), num_frames=num_frames, window=window, stride=stride,
+                        seeds=seeds, steps=steps, guidance_scale=scale, frame_guidance_scale=frame_scale,
+                        fps=25.0, blend=blend)
+
+
+def test_window_starts_cover_any_length_and_end_exactly():
+    assert window_starts(192, 64, 32) == [0, 32, 64, 96, 128]  # the reference's 5 windows
+    assert window_starts(100, 64, 32) == [0, 32, 36]  # last window shifted back, never padded with noise
+    assert window_starts(10, 64, 32) == [0]
+    assert window_starts(128, 64, 64) == [0, 64]
+    with pytest.raises(UsageError, match="stride"):
+        window_starts(100, 64, 65)
+
+
+def test_merge_keep_takes_each_frame_from_its_first_window_and_blend_averages():
+    starts = [0, 2, 4]
+    preds = [torch.full((1, 1, 4, 1, 1), float(i)) for i in range(3)]
+    kept = merge_windows(preds, starts, 8, blend=False).flatten().tolist()
+    assert kept == [0, 0, 0, 0, 1, 1, 2, 2]  # window r adds only its second half (reference rule)
+    blended = merge_windows(preds, starts, 8, blend=True).flatten().tolist()
+    assert blended == [0, 0, 0.5, 0.5, 1.5, 1.5, 2, 2]
+
+
+def test_guidance_combination_formulas():
+    f = torch.zeros(1, 4, 2, 2)
+    full, frame_only, uncond = torch.tensor(3.0), torch.tensor(2.0), torch.tensor(1.0)
+    cfg = Guidance(f, f, f, guidance_scale=4.0)
+    assert len(cfg.branches()) == 2 and float(cfg.combine([full, frame_only])) == 2.0 + 4.0 * 1.0
+    both = Guidance(f, f, f, guidance_scale=4.0, frame_guidance_scale=3.0)
+    # v0 + s_f (vf - v0) + s_c (vc - vf) = 1 + 3·1 + 4·1
+    assert len(both.branches()) == 3 and float(both.combine([full, frame_only, uncond])) == 8.0
+    assert torch.equal(both.branches()[2][0], torch.zeros_like(f))  # the trained "no frame" is zeros
+    assert len(Guidance(f, f, f).branches()) == 1  # scale 1: a single conditional pass
+
+
+def test_dpm_solver_uses_the_training_betas():
+    dpm = make_sampling_scheduler("dpmpp_2m", DDPM)
+    assert torch.allclose(dpm.betas, make_scheduler("ddpm").betas)
+    assert dpm.config.prediction_type == "v_prediction" and dpm.config.algorithm_type == "dpmsolver++"
+    assert dpm.config.solver_order == 2
+
+
+def test_same_seed_same_video_different_seed_different(model):
+    a = _run(model, [7, 8], sampler="ddpm")
+    b = _run(model, [7, 8], sampler="ddpm")
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[0], a[1])
+    alone = _run(model, [8], sampler="ddpm")  # a sample does not depend on its batch mates
+    assert torch.allclose(alone[0], a[1], atol=1e-4)
+
+
+def test_stride_equal_window_reproduces_single_window(model):
+    single = _run(model, [3], window=4, stride=4)
+    overlapping = _run(model, [3], window=4, stride=2, blend=True)
+    assert torch.equal(single, overlapping)  # num_frames == window: one window whatever the stride
+
+
+def test_long_video_and_guidance_paths(model):
+    long = _run(model, [1], num_frames=7, window=4, stride=2, scale=3.0, frame_scale=2.0, sampler="dpmpp_2m")
+    assert long.shape == (1, 4, 7, 14, 14) and torch.isfinite(long).all()
+    assert not torch.allclose(_run(model, [1], scale=1.0), _run(model, [1], scale=3.0))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_flow_samplers_run_and_objective_mismatch_is_refused(model, sampler):
+    out = _run(model, [2], sampler=sampler, objective=FlowObjectiveConfig())
+    assert out.shape == (1, 4, 4, 14, 14) and torch.isfinite(out).all()
+    with pytest.raises(UsageError, match="does not fit"):
+        _run(model, [2], sampler=sampler)
+    with pytest.raises(UsageError, match="unknown sampler"):
+        _run(model, [2], sampler="plms")
