@@ -26,7 +26,8 @@ from echo_core.data.prepare import (
 )
 from echo_core.data.reference import ReferenceConfig, finalize_reference, plan_reference
 from echo_core.errors import DataError
-from pipelines.flows.common import retry_transient_only, task_runner
+from pipelines.flows.common import retry_transient_only
+from pipelines.ops.scaleout import runner_from_env
 
 
 @task(name="validate", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)
@@ -99,7 +100,7 @@ def reference_one(name: str, prepared: str, out_root: Path, config: ReferenceCon
     return finalize_reference(plan, results).dst
 
 
-@flow(name="preprocess", log_prints=True, task_runner=task_runner("thread", workers=2))
+@flow(name="preprocess", log_prints=True, task_runner=runner_from_env("thread", workers=2))
 def preprocess(datasets: list[str] | None = None, params_path: str = "params.yaml", out_root: str = "outputs",
                quarantine: bool = False) -> dict[str, dict[str, str]]:
     """Validate, prepare and build reference sets for `datasets` (default: all in params.yaml)."""

@@ -1,0 +1,46 @@
+"""Where per-video fan-out runs, chosen by the environment (a deployment's `job_variables.env`, a shell).
+
+    ECHOFORGE_TASK_RUNNER   thread (default) | process | dask
+    ECHOFORGE_TASK_WORKERS  pool size for thread/process, and for a temporary Dask LocalCluster
+    ECHOFORGE_DASK_ADDRESS  scheduler of an existing Dask cluster (tcp://host:8786); alone, it implies dask
+
+Flows decorate with `task_runner=runner_from_env()`; the decision is made when the flow module is
+imported, i.e. in the flow-run process, after the deployment's environment is in place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from echo_core.errors import ConfigError
+from pipelines.flows.common import task_runner
+
+RUNNER_ENV = "ECHOFORGE_TASK_RUNNER"
+WORKERS_ENV = "ECHOFORGE_TASK_WORKERS"
+DASK_ADDRESS_ENV = "ECHOFORGE_DASK_ADDRESS"
+RUNNER_KINDS = ("thread", "process", "dask")
+
+
+def runner_settings(env: Mapping[str, str] | None = None, default: str = "thread", workers: int = 2,
+                    ) -> tuple[str, int, str | None]:
+    """(kind, workers, dask address) from `env` (os.environ by default), validated."""
+    env = os.environ if env is None else env
+    address = env.get(DASK_ADDRESS_ENV, "").strip() or None
+    kind = env.get(RUNNER_ENV, "").strip().lower() or ("dask" if address else default)
+    if kind not in RUNNER_KINDS:
+        raise ConfigError(f"{RUNNER_ENV}={kind!r} is not one of {RUNNER_KINDS}",
+                          fix=f"set {RUNNER_ENV} to thread, process or dask")
+    raw = env.get(WORKERS_ENV, "").strip() or str(workers)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{WORKERS_ENV}={raw!r} is not a positive integer", fix=f"e.g. {WORKERS_ENV}=4")
+    if address and kind != "dask":
+        raise ConfigError(f"{DASK_ADDRESS_ENV} is set but {RUNNER_ENV}={kind}",
+                          fix=f"unset {DASK_ADDRESS_ENV}, or set {RUNNER_ENV}=dask")
+    return kind, int(raw), address
+
+
+def runner_from_env(default: str = "thread", workers: int = 2, env: Mapping[str, str] | None = None):
+    """The Prefect task runner the environment asks for (see the module docstring)."""
+    kind, n, address = runner_settings(env, default, workers)
+    return task_runner(kind, n, address)

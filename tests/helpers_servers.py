@@ -1,0 +1,168 @@
+"""Real servers for integration tests: `prefect server`, `mlflow server`, Prefect workers, on loopback.
+
+Everything started here is registered with a `Processes` registry whose `stop_all()` the test calls in a
+`finally`: each process is stopped by PID as a process group, descendants included (a Prefect worker's
+flow runs live in sessions of their own); workers get a short grace and then SIGKILL (stack.md §3d:
+`prefect worker` may ignore SIGTERM). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from echo_core.data.phantom.datasets import generate_dataset
+from pipelines.ops.mlflow_server import MlflowServerConfig, prepare_local_store, server_command
+from pipelines.ops.prefect_setup import POOL, worker_command
+from pipelines.ops.processes import ManagedProcess, free_port, spawn, wait_http_ok
+
+BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Faster pick-up than the production defaults (10-15 s polls), so tests stay short.
+FAST_WORKER = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+               "PREFECT_WORKER_HEARTBEAT_SECONDS": "5"}
+
+
+@dataclass
+class Processes:
+    """Every process a test started, stopped together (workers first, servers last)."""
+
+    started: list[tuple[ManagedProcess, float]] = field(default_factory=list)
+
+    def add(self, proc: ManagedProcess, grace: float) -> ManagedProcess:
+        self.started.append((proc, grace))
+        return proc
+
+    def stop_all(self) -> None:
+        errors = []
+        for proc, grace in reversed(self.started):
+            try:
+                proc.stop(grace=grace)
+            except Exception as exc:  # keep stopping the others; report at the end
+                errors.append(f"{proc.name}: {exc}")
+        self.started.clear()
+        assert not errors, errors
+
+
+@dataclass
+class PrefectServer:
+    home: Path
+    port: int
+    proc: ManagedProcess
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for clients, workers and CLI calls talking to this server."""
+        return {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api_url,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **extra}
+
+
+def start_prefect_server(procs: Processes, home: Path, port: int | None = None) -> PrefectServer:
+    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME (sqlite); healthy on return."""
+    port = port or free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_API_URL": ""}
+    proc = procs.add(spawn([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                           name="prefect-server", log_path=home / f"server-{port}.log", env=env), grace=20)
+    wait_http_ok(f"http://127.0.0.1:{port}/api/health", proc, timeout=180)
+    return PrefectServer(home, port, proc)
+
+
+def restart_prefect_server(procs: Processes, server: PrefectServer, down_s: float = 0.0) -> PrefectServer:
+    """Stop the server, stay down `down_s` seconds, start it again on the same port and database."""
+    server.proc.stop(grace=20)
+    time.sleep(down_s)
+    return start_prefect_server(procs, server.home, server.port)
+
+
+def start_worker(procs: Processes, server: PrefectServer, log: Path, pool: str = POOL,
+                 env: Mapping[str, str] | None = None) -> ManagedProcess:
+    """A process worker for `pool`; the flow runs it starts are killed with it on stop (grace 5 s, then KILL)."""
+    full_env = server.env(**FAST_WORKER, **(env or {}))
+    proc = procs.add(spawn(worker_command(pool), name="prefect-worker", log_path=log, env=full_env,
+                           cwd=REPO_ROOT), grace=5)
+    wait_for(lambda: "started!" in proc.log_tail(20000) or not proc.alive(), timeout=120, what="worker start")
+    assert proc.alive(), proc.log_tail()
+    return proc
+
+
+def start_mlflow_server(procs: Processes, root: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
+    """The project's launcher configuration: sqlite under <root>/mlruns, proxied artifacts, 127.0.0.1."""
+    cfg = MlflowServerConfig(backend_store_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+                             artifacts_destination=str(root / "mlruns" / "artifacts"), port=port or free_port(),
+                             workers=1)  # 4 uvicorn workers (the default) take long to start on 2 cores
+    prepare_local_store(cfg)
+    proc = procs.add(spawn(server_command(cfg), name="mlflow-server", log_path=root / f"mlflow-{cfg.port}.log",
+                           cwd=root), grace=5)
+    wait_http_ok(f"{cfg.url}/health", proc, timeout=180)
+    return proc, cfg.url
+
+
+def run_cli(cmd: Sequence[str], env: Mapping[str, str], timeout: float = 300, cwd: Path = REPO_ROOT,
+            ) -> subprocess.CompletedProcess:
+    """Run a short CLI command to completion (bounded); its process group is killed on timeout."""
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate(timeout=30)
+        raise AssertionError(f"{' '.join(cmd[:4])} timed out after {timeout}s:\n{out[-4000:]}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def run_deployment(server: PrefectServer, name: str, params: Mapping[str, Any], timeout: int = 300,
+                   extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """`prefect deployment run NAME --params JSON --watch` (exit 0 only when the run completed)."""
+    cmd = [str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(dict(params)), "--watch",
+           "--watch-timeout", str(timeout), *extra]
+    return run_cli(cmd, server.env(), timeout=timeout + 60)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll `condition` until truthy (returned) or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def prefect_client(server: PrefectServer) -> Iterator[Any]:
+    """A sync Prefect client of this test process, talking to `server` (settings restored on exit)."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def write_project(root: Path, num_videos: int = 3, seed: int = 3) -> Path:
+    """A tiny phantom EchoNet-Dynamic set and a params.yaml pointing at it (absolute paths); returns params."""
+    generate_dataset("dynamic", root / "raw" / "dynamic", num_videos=num_videos, seed=seed)
+    params = {
+        "raw_datasets": {"dynamic": {"kind": "dynamic", "validate_kind": "dynamic",
+                                     "raw": str(root / "raw" / "dynamic")}},
+        "cardiacnet_raw": str(root / "raw" / "cardiacnet"),
+        "datasets": {"dynamic": {"validate_kind": "dynamic", "reference_frames": 8}},
+        "prepare": {"seed": 42}, "reference": {"fps": 32.0, "seed": 42},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root / "params.yaml"
