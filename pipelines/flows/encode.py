@@ -26,7 +26,10 @@ def encode_task(vae_uri: str, dataset_dir: str, out_dir: str, params_path: str) 
     cfg = load_section(EncodeConfig, "encode", params_path)
     folder = resolve_model_folder(vae_uri)
     vae, info = load_vae(folder, uri=vae_uri if vae_uri.startswith("models:/") else None)
-    report = encode_dataset(vae, dataset_dir, out_dir, info, cfg)
+    from pipelines.ops.concurrency import gpu_slot
+
+    with gpu_slot():  # one GPU job per card (no-op where no `gpu` limit exists)
+        report = encode_dataset(vae, dataset_dir, out_dir, info, cfg)
     get_run_logger().info("%s: encoded %d, skipped %d, failed %d", out_dir, len(report.encoded),
                           len(report.skipped), len(report.failed))
     return {"out": out_dir, "encoded": len(report.encoded), "skipped": len(report.skipped),

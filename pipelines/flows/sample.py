@@ -104,7 +104,10 @@ def generate_task(model: str, out: str, cfg_json: str, conditioning: str | None,
         update_progress_artifact(artifact, 100.0 * done / max(total, 1))
         get_run_logger().info("sample %s: %d/%d videos", out, done, total)
 
-    report = run_sampling(model, out, cfg, conditioning=conditioning, vae=vae, track=track, on_batch=progress)
+    from pipelines.ops.concurrency import gpu_slot
+
+    with gpu_slot():  # one GPU job per card (no-op where no `gpu` limit exists)
+        report = run_sampling(model, out, cfg, conditioning=conditioning, vae=vae, track=track, on_batch=progress)
     return {"out": str(report.out), "generated": report.generated, "skipped": report.skipped, "fps": report.fps}
 
 
