@@ -70,6 +70,9 @@ def list_frames(root: str | os.PathLike) -> list[str]:
     return paths
 
 
+SIDECAR_SUFFIXES = (".json", ".csv", ".md", ".txt")
+
+
 def list_videos(root: str | os.PathLike) -> list[Video]:
     """Videos of a depth-2 tree `root/<video>/<frame>.<ext>`, sorted; stray entries are errors."""
     root = Path(root)
@@ -77,6 +80,8 @@ def list_videos(root: str | os.PathLike) -> list[Video]:
     exts = image_extensions()
     videos = []
     for vdir in sorted(root.iterdir(), key=lambda p: p.name):
+        if vdir.is_file() and vdir.suffix.lower() in SIDECAR_SUFFIXES:
+            continue  # manifest.json / FileList.csv next to the videos: StyleGAN-V skips non-image files too
         if not vdir.is_dir():
             raise DataError(f"{vdir} is a file at the top of a video tree",
                             fix="keep only one folder per video under the root (<root>/<video>/<frame>.jpg)")

@@ -1,4 +1,10 @@
-"""`echoforge evaluate metrics`: FID / FVD / IS / KID (StyleGAN-V protocol) or their offline fallbacks."""
+"""`echoforge evaluate metrics | sample | run`.
+
+- metrics: FID / FVD / IS / KID (StyleGAN-V protocol) or their offline fallbacks between two jpg trees.
+- sample: the evaluation samples of a registered version (the DVC `sample` stage).
+- run: the Prefect `evaluate` flow: sample (or reuse) → metrics + downstream → MLflow, model-version tags and
+  metrics/*.json for DVC; `echoforge registry promote` then applies the gate.
+"""
 
 from __future__ import annotations
 
@@ -50,8 +56,44 @@ ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Weights ma
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml with an evaluate.metrics section")]
 
 
+ModelOpt = Annotated[str, typer.Option("--model", help="Registered model name.")]
+VersionOpt = Annotated[str, typer.Option("--version", help="Version number or alias (candidate, champion).")]
+DatasetOpt = Annotated[list[str] | None, typer.Option(
+    "--dataset", help="Dataset (repeatable); default: params.yaml evaluate.datasets")]
+OutRootOpt = Annotated[str, typer.Option("--out-root", help="Reads prepared/, reference/, latents/; writes "
+                                                            "samples/<ds> and evaluation/<ds>")]
+MetricsDirOpt = Annotated[str, typer.Option("--metrics-dir", help="Where evaluate.json, <ds>/ and plots/ go")]
+VaeOpt = Annotated[str | None, typer.Option(
+    "--vae", help="VAE folder or models:/echo-vae@<alias>, for a version without its own vae/")]
+
+
+def sample(model: ModelOpt = "echo-lvdm", version: VersionOpt = "candidate", dataset: DatasetOpt = None,
+           params: ParamsOpt = Path("params.yaml"), out_root: OutRootOpt = "outputs", vae: VaeOpt = None) -> None:
+    """Generate (or reuse) the evaluation samples of a registered version into <out-root>/samples/<ds>."""
+    from pipelines.flows.evaluate import sample_for_evaluation
+
+    typer.echo(json.dumps(sample_for_evaluation(model, version, dataset, str(params), out_root, vae), indent=2))
+
+
+def run(model: ModelOpt = "echo-lvdm", version: VersionOpt = "candidate", dataset: DatasetOpt = None,
+        params: ParamsOpt = Path("params.yaml"), out_root: OutRootOpt = "outputs",
+        metrics_dir: MetricsDirOpt = "metrics", vae: VaeOpt = None) -> None:
+    """Evaluate a registered version (Prefect flow `evaluate`): samples, metrics, downstream, MLflow, tags."""
+    from pipelines.flows.evaluate import evaluate, load_configs
+    from pipelines.tracking import get_model_version
+
+    load_configs(params)  # the usual user errors (params, version) fail here in one line, before Prefect starts
+    version = str(get_model_version(model, version).version)
+    result = evaluate(model, version, dataset, str(params), out_root, metrics_dir, vae)
+    typer.echo(json.dumps(result["metrics"], indent=2, sort_keys=True))
+    typer.echo(f"{result['model']} version {result['version']}: MLflow run {result['run_id']}; "
+               f"gate: echoforge registry promote --model {result['model']} --version {result['version']}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `metrics` to the `evaluate` group."""
+    """Add `metrics`, `sample` and `run` to the `evaluate` group."""
+    app.command("sample")(sample)
+    app.command("run")(run)
 
     @app.command("metrics")
     def metrics(real: RealOpt, fake: FakeOpt, metric_names: MetricsOpt = None, weights_dir: WeightsOpt = None,

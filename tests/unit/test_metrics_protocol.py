@@ -207,3 +207,19 @@ def test_fid_infinity_extrapolates_below_finite_n_bias():
     value, sizes, fds = fid_infinity(mu, sigma, fake, min_n=500, num_points=5, seed=0)
     assert sizes[0] == 500 and sizes[-1] == 4000 and len(fds) == 5
     assert abs(value) < fds[-1] < fds[0]
+
+
+def test_reference_manifest_beside_the_videos_is_skipped(tmp_path):
+    """A reference set carries manifest.json at its root; StyleGAN-V skips non-image files, so do we."""
+    from PIL import Image
+
+    from echo_core.metrics.protocol import list_videos
+
+    for name in ("b", "a"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "0000.jpg")
+    (tmp_path / "manifest.json").write_text("{}")
+    assert [v.name for v in list_videos(tmp_path)] == ["a", "b"]
+    (tmp_path / "stray.bin").write_bytes(b"x")
+    with pytest.raises(DataError, match="file at the top"):
+        list_videos(tmp_path)

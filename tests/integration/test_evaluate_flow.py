@@ -1,0 +1,186 @@
+"""The `evaluate` flow end to end on tiny real parts: a registered tiny LVDM (real diffusers UNet + VAE),
+tiny prepared datasets (real PyAV videos), a real reference set, latent stores, real MLflow sqlite and a
+real Prefect server (test harness). Then the promotion gate on what the flow tagged."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from _latent_data import make_prepared_dataset  # noqa: E402
+from _tiny_lvdm import make_bundle  # noqa: E402
+
+from echo_core.data.filelist import CARDIACNET_CLASSES, read_filelist, write_filelist  # noqa: E402
+from echo_core.data.latent_store import LatentMeta, latent_path, write_latents  # noqa: E402
+from echo_core.data.reference import build_reference  # noqa: E402
+from echo_core.metrics.api import FALLBACK_METRIC_NAMES  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+MODEL = "echo-lvdm-evaluate-test"
+MODEL_CLS = "echo-lvdm-evaluate-test-cls"
+SPLITS = ("TRAIN", "TRAIN", "VAL", "TRAIN", "TEST", "TRAIN", "VAL", "TRAIN", "TEST", "TRAIN")
+METRICS = ["fd_fallback", "fvd16_fallback", "is_fallback", "kid_fallback"]
+
+
+def _dataset(root: Path, name: str, classes: bool = False) -> None:
+    """outputs/{prepared,reference,latents}/<name>: 10 pulsing-blob videos (6 TRAIN, 2 VAL, 2 TEST)."""
+    prepared = make_prepared_dataset(root / "prepared" / name, num_videos=10, frames=(16, 20), splits=SPLITS)
+    df = read_filelist(prepared / "FileList.csv")
+    if classes:  # CardiacNet columns: fixed-map class ids, one patient per video
+        df = df.drop(columns=["EF"]).assign(class_id=[0, 1, 0, 1, 1, 0, 1, 0, 0, 1],  # both classes per split
+                                             patient_id=[f"p{i}" for i in range(len(df))])
+        df["class_name"] = df["class_id"].map(CARDIACNET_CLASSES)
+        write_filelist(df, prepared / "FileList.csv")
+    build_reference(prepared, root / "reference" / name, frames=16, fps=32.0)
+    meta = LatentMeta(fps=32.0, source_sha256="x", scaling_factor=0.5, mode="mean")
+    torch.manual_seed(0)
+    for file_name, frames in zip(df["FileName"], df["NumberOfFrames"], strict=True):
+        write_latents(latent_path(root / "latents" / name, file_name), torch.randn(int(frames), 4, 14, 14), meta)
+    write_filelist(df, root / "latents" / name / "FileList.csv")
+
+
+def _register(bundle: Path, name: str) -> str:
+    from pipelines.tracking import log_model_folder, start_run
+
+    with start_run("evaluate-test-models"):
+        return log_model_folder(bundle, name="lvdm", registered_model_name=name, alias="candidate").version
+
+
+def _gate(path: Path, ratio_max: float) -> Path:
+    path.write_text(yaml.safe_dump({"promotion": {
+        "metric_thresholds": {"toy/fvd16_fallback_ratio": {"max": ratio_max}},
+        "require_metrics": ["toy/fvd16_fallback_ratio", "toy/ef_adherence_mae"]}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("evalproj")
+    _dataset(root / "outputs", "toy")
+    _dataset(root / "outputs", "toycls", classes=True)
+    params = {
+        "datasets": {"toy": {}, "toycls": {}},
+        "sample": {"sampler": "ddim", "steps": 1, "num_frames": 16, "fps": 32.0, "batch_size": 4, "device": "cpu"},
+        "evaluate": {"datasets": ["toy"], "sample": {"num_samples": 4}, "ratio_metrics": ["fvd16_fallback"],
+                     "metrics": {"metrics": METRICS, "allow_fewer": True, "kid_subsets": 10, "kid_subset_size": 8}},
+        "downstream": {"regression": {"width": 2, "epochs": 1, "frames": 8, "size": 32, "batch_size": 4},
+                       "classification": {"width": 2, "epochs": 1, "frames": 8, "size": 32, "batch_size": 4,
+                                          "folds": 2, "train_on": "synthetic"}},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _version_tags(name: str, version: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import tracking_uri
+
+    return MlflowClient(tracking_uri()).get_model_version(name, version).tags
+
+
+def _champion(name: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import tracking_uri
+
+    champion = MlflowClient(tracking_uri()).get_registered_model(name).aliases.get("champion")
+    return None if champion is None else str(champion)
+
+
+def test_evaluate_flow_tags_version_and_gate_moves_champion(project: Path, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from pipelines.cli import app
+    from pipelines.commands.registry import PromotionError
+    from pipelines.flows.end_to_end import promote_version, version_of_run
+    from pipelines.flows.evaluate import evaluate, sample_for_evaluation
+
+    monkeypatch.chdir(project)  # model downloads and MLflow staging go under the project, not the repo
+    bundle = make_bundle(project / "bundle")
+    v1, v2 = _register(bundle, MODEL), _register(bundle, MODEL)
+    runner = CliRunner()
+    with prefect_test_harness(server_startup_timeout=180):
+        first = evaluate(MODEL, v1, None, "params.yaml", "outputs", "metrics")
+        v1_files = json.loads((project / "metrics" / "evaluate.json").read_text())
+        cli = runner.invoke(app, ["evaluate", "run", "--model", MODEL, "--version", "candidate"])  # = v2
+    assert cli.exit_code == 0, cli.output
+
+    per_dataset = json.loads((project / "metrics" / "toy" / "metrics.json").read_text())
+    assert first["version"] == v1 and first["datasets"]["toy"]["condition"] == "ef"
+    assert v1_files == first["metrics"] and all(k.startswith("toy/") for k in v1_files)
+    assert set(per_dataset["protocol"]["metrics"]) == set(METRICS) <= FALLBACK_METRIC_NAMES
+    names = {k.removeprefix("toy/") for k in v1_files}
+    assert all(n.startswith(tuple(METRICS)) or n.startswith("ef_") for n in names)  # no exact metric names
+    assert {"fvd16_fallback_ratio", "fvd16_fallback_real_baseline", "ef_adherence_mae"} <= names
+    assert "fd_fallback_ratio" not in names  # evaluate.ratio_metrics
+    assert per_dataset["model"] == {"name": MODEL, "version": v2}  # the CLI's evaluation wrote the files last
+    for plot in ("loss_curve.csv", "ef_predictions.csv"):
+        assert (project / "metrics" / "plots" / "toy" / plot).is_file()
+
+    # v2's samples replaced v1's (another version); asking again reuses them without loading the model
+    params = json.loads((project / "outputs" / "samples" / "toy" / "generation_params.json").read_text())
+    assert params["model"]["id"] == f"{MODEL}/{v2}" and first["datasets"]["toy"]["samples"]["generated"] == 4
+    again = sample_for_evaluation(MODEL, v2, None, "params.yaml", "outputs")
+    assert again["toy"]["state"] == "complete" and again["toy"]["generated"] == 0
+    train = read_filelist(project / "outputs" / "latents" / "toy" / "FileList.csv").query("Split == 'TRAIN'")
+    assert params["conditioning_files"] == sorted(f"{n}.safetensors" for n in train["FileName"])  # no TEST leak
+
+    tags = _version_tags(MODEL, v1)
+    v1_metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+    assert v1_metrics == pytest.approx(first["metrics"]) and set(v1_metrics) == set(first["metrics"])
+    assert tags["evaluation_run_id"] == first["run_id"]
+    import mlflow
+
+    run = mlflow.get_run(first["run_id"])
+    assert run.data.tags["model_version"] == v1 and run.data.tags["model_name"] == MODEL
+    assert run.data.metrics["toy/fvd16_fallback_ratio"] == pytest.approx(v1_metrics["toy/fvd16_fallback_ratio"])
+
+    ratio = max(v1_metrics["toy/fvd16_fallback_ratio"],
+                float(_version_tags(MODEL, v2)["metric.toy/fvd16_fallback_ratio"]))
+    loose, strict = _gate(project / "loose.yaml", ratio * 2), _gate(project / "strict.yaml", ratio / 1000)
+
+    def promote(version: str, gate: Path):
+        return runner.invoke(app, ["registry", "promote", "--model", MODEL, "--version", version,
+                                   "--params", str(gate)])
+
+    assert promote(v1, loose).exit_code == 0 and _champion(MODEL) == v1
+    refused = promote(v2, strict)
+    assert isinstance(refused.exception, PromotionError)
+    assert "toy/fvd16_fallback_ratio" in str(refused.exception) and _champion(MODEL) == v1  # did not move
+    decision = promote_version.fn(MODEL, v2, str(strict))  # the end_to_end flow's step: an outcome, not a crash
+    assert decision["promoted"] is False and "fvd16_fallback_ratio" in decision["reason"] and _champion(MODEL) == v1
+    assert promote(v2, loose).exit_code == 0 and _champion(MODEL) == v2
+    assert version_of_run(MODEL, run.data.tags["model_run_id"]) == v1
+
+
+def test_class_model_gets_classification_and_confusion_matrix(project: Path, monkeypatch):
+    """The plain function (no Prefect): a class-conditioned version on a CardiacNet-like dataset."""
+    from pipelines.flows.evaluate import run_evaluation
+
+    monkeypatch.chdir(project)
+    version = _register(make_bundle(project / "bundle_cls", kind="class_id"), MODEL_CLS)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"].update(metrics={"metrics": ["fvd16_fallback"], "allow_fewer": True}, ratio_metrics=None)
+    (project / "params_cls.yaml").write_text(yaml.safe_dump(params))
+    result = run_evaluation(MODEL_CLS, version, ["toycls"], "params_cls.yaml", "outputs", "metrics_cls")
+
+    assert result["datasets"]["toycls"]["condition"] == "class_id"
+    samples = read_filelist(project / "outputs" / "samples" / "toycls" / "FileList.csv")
+    assert set(samples["CondType"]) == {"class_id"} and set(samples["class_id"]) == {0, 1}
+    metrics = result["metrics"]
+    assert 0.0 <= metrics["toycls/cls_accuracy"] <= 1.0 and "toycls/ef_adherence_mae" not in metrics
+    assert "toycls/fvd16_fallback_ratio" in metrics
+    confusion = pd.read_csv(project / "metrics_cls" / "plots" / "toycls" / "confusion_matrix.csv")
+    assert list(confusion.columns) == ["actual", "predicted"] and set(confusion["actual"]) == {"ASD", "Non-ASD"}
+    curve = pd.read_csv(project / "metrics_cls" / "plots" / "toycls" / "loss_curve.csv")
+    assert list(curve.columns) == ["epoch", "synthetic_train_loss", "synthetic_val_loss"]
+    assert (project / "outputs" / "evaluation" / "toycls" / "classification" / "confusion_matrix.png").is_file()
