@@ -31,8 +31,10 @@ GROUPS = [
     ("vae", "Train, import and register the VAE.", ["vae"]),
     ("latents", "Encode prepared datasets into VAE latents.", ["latents"]),
     ("evaluate", "FID/FVD/IS/KID and downstream evaluation.", ["evaluate"]),
+    ("flow", "Run the Prefect flows (preprocess, ...) from the command line.", ["flow"]),
     ("train", "Train the latent video diffusion model.", ["train"]),
     ("registry", "Promote, roll back and list registered model versions.", ["registry"]),
+    ("ops", "Servers, deployments and scale-out.", ["ops"]),
 ]
 ROOT_COMMANDS = ["sample"]  # modules whose `register_root(app)` adds a top-level command
 

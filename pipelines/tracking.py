@@ -1,9 +1,9 @@
 """MLflow adapter: runs, params, buffered metrics, artifacts, registry, aliases, lineage tags.
 
 The only module (with pipelines/serving) that talks to MLflow. echo_core sees it through the
-`echo_core.tracking.Tracker` protocol. Metrics are buffered and flushed by a background thread, so a
-tracking server that is down or restarting never stalls or kills training: points are retried until
-they are accepted, and `close()` waits (bounded) for the buffer to drain.
+`echo_core.tracking.Tracker` protocol. Metrics, params, tags and artifacts are queued and sent by a
+background thread, so a tracking server that is down or restarting never stalls or kills training: calls
+are retried until they are accepted, and `close()` waits (bounded) for the queue to drain.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,20 +71,32 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class MlflowTracker:
-    """Tracker bound to one MLflow run; metric logging never blocks on the server."""
+    """Tracker bound to one MLflow run; nothing it does blocks training on the server.
 
-    def __init__(self, run_id: str, *, flush_interval: float = 2.0):
+    Every call is queued and sent, in order, by one background thread: params, tags, dicts and artifacts
+    as an ordered queue of operations, metrics as a buffer sent in batches. A send that fails because the
+    server is down or restarting stays queued and is retried every `flush_interval` seconds, so an outage
+    loses nothing; a request the server rejects for good (e.g. a param changed within a run) is dropped
+    with a warning instead of blocking the queue. Artifacts are staged (hard links, else copies) when
+    logged, so the caller may delete or prune the originals before the upload happens. `close()` waits
+    (bounded) for everything to arrive.
+    """
+
+    def __init__(self, run_id: str, *, flush_interval: float = 2.0, staging_dir: str | Path | None = None):
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri())
+        self._ops: deque[_Op] = deque()
         self._buffer: list[Any] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
         self._interval = flush_interval
         self._warned = False
-        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-metrics", daemon=True)
+        self.dropped: list[str] = []  # operations the server rejected for good (logged as warnings)
+        self._staging = Path(staging_dir or Path.cwd() / "mlruns" / ".staging") / run_id
+        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-tracker", daemon=True)
         self._thread.start()
 
     # -- Tracker protocol -------------------------------------------------------------------------
@@ -90,7 +105,8 @@ class MlflowTracker:
 
         items = [Param(k, v) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
-            self._retry(lambda chunk=items[start:start + 100]: self.client.log_batch(self.run_id, params=chunk))
+            chunk = items[start:start + 100]
+            self._enqueue("log_params", lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -100,76 +116,141 @@ class MlflowTracker:
             self._buffer.extend(Metric(k, float(v), now, step or 0) for k, v in metrics.items())
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            self._retry(lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
+        staged = self._stage(Path(path))
+        if staged.is_dir():
+            call = lambda: self.client.log_artifacts(self.run_id, str(staged), artifact_path)  # noqa: E731
         else:
-            self._retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+            call = lambda: self.client.log_artifact(self.run_id, str(staged), artifact_path)  # noqa: E731
+        self._enqueue(f"log_artifact {path}", call, cleanup=lambda: shutil.rmtree(staged.parent, ignore_errors=True))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self._retry(lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)))
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        self._enqueue("set_tags", lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        self._retry(lambda: self.client.log_dict(self.run_id, obj, artifact_file))
+        self._enqueue(f"log_dict {artifact_file}", lambda: self.client.log_dict(self.run_id, obj, artifact_file))
 
-    # -- buffering ----------------------------------------------------------------------------------
+    # -- delivery -----------------------------------------------------------------------------------
     def flush(self, timeout: float = 60.0) -> bool:
-        """Push buffered metrics now; True when the buffer drained within `timeout` seconds."""
+        """Wait until everything queued so far has been delivered; True if that happened within `timeout`."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._push_once():
-                return True
-            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
-        return False
+        while self.pending():
+            if time.monotonic() >= deadline or not self._thread.is_alive():
+                return False
+            self._wake.set()
+            time.sleep(0.05)
+        return True
 
     def close(self, timeout: float = 120.0) -> None:
         drained = self.flush(timeout)
+        left = self.pending()
         self._stop = True
         self._wake.set()
+        self._thread.join(timeout=10)
+        shutil.rmtree(self._staging, ignore_errors=True)
         if not drained:
             raise TrackingError(
-                f"could not deliver {len(self._buffer)} buffered metrics to {tracking_uri()} in {timeout:.0f}s",
+                f"could not deliver {left} queued MLflow calls/metrics to {tracking_uri()} in {timeout:.0f}s",
                 fix="check that the MLflow tracking server is up; the run's checkpoints are intact",
             )
 
     def pending(self) -> int:
+        """Operations + metric points not yet delivered (in-flight ones included)."""
         with self._lock:
-            return len(self._buffer)
+            return len(self._ops) + len(self._buffer)
+
+    def _enqueue(self, label: str, call: Callable[[], Any], cleanup: Callable[[], Any] | None = None) -> None:
+        with self._lock:
+            self._ops.append(_Op(label, call, cleanup))
+        self._wake.set()
+
+    def _stage(self, path: Path) -> Path:
+        """A private snapshot of `path` (hard links when possible) that lives until it is uploaded."""
+        if not path.exists():
+            raise TrackingError(f"cannot log artifact {path}: it does not exist")
+        dst = self._staging / uuid.uuid4().hex / path.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, dst, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(path), str(dst))
+        return dst
 
     def _flush_loop(self) -> None:
         while not self._stop:
             self._wake.wait(self._interval)
             self._wake.clear()
-            self._push_once()
+            self._send_pending()
 
-    def _push_once(self) -> bool:
-        with self._lock:
-            batch = self._buffer[:900]
-        if not batch:
-            return True
+    def _send_pending(self) -> None:
+        """Send queued operations, then metric batches, in order; stop at the first transient failure."""
+        while True:
+            with self._lock:
+                op = self._ops[0] if self._ops else None
+            if op is None:
+                break
+            if not self._attempt(op.label, op.call):
+                return
+            with self._lock:
+                self._ops.popleft()
+            if op.cleanup is not None:
+                op.cleanup()
+        while True:
+            with self._lock:
+                batch = self._buffer[:900]
+            if not batch:
+                return
+            call = lambda batch=batch: self.client.log_batch(self.run_id, metrics=batch)  # noqa: E731
+            if not self._attempt(f"log_metrics ({len(batch)} points)", call):
+                return
+            with self._lock:
+                del self._buffer[: len(batch)]
+
+    def _attempt(self, label: str, call: Callable[[], Any]) -> bool:
+        """True when the call is done with (delivered, or rejected for good); False to retry later."""
         try:
-            self.client.log_batch(self.run_id, metrics=batch)
-        except Exception as exc:  # server down/restarting: keep the points, retry later
+            call()
+        except Exception as exc:
+            if _is_permanent(exc):
+                log.warning("MLflow rejected %s, dropping it: %s", label, exc)
+                self.dropped.append(label)
+                return True
             if not self._warned:
-                log.warning("MLflow unreachable (%s); buffering metrics and retrying", type(exc).__name__)
+                log.warning("MLflow unreachable (%s); queueing calls and retrying", type(exc).__name__)
                 self._warned = True
             return False
-        with self._lock:
-            del self._buffer[: len(batch)]
-            empty = not self._buffer
-        self._warned = False
-        return empty
+        if self._warned:
+            log.info("MLflow reachable again; sending queued calls")
+            self._warned = False
+        return True
 
-    def _retry(self, call, attempts: int = 30, delay: float = 2.0) -> Any:
-        for attempt in range(attempts):
-            try:
-                return call()
-            except Exception as exc:
-                if attempt == attempts - 1:
-                    raise TrackingError(f"MLflow call failed after {attempts} tries: {exc}") from None
-                time.sleep(delay)
-        return None
+
+@dataclass(frozen=True)
+class _Op:
+    label: str
+    call: Callable[[], Any]
+    cleanup: Callable[[], Any] | None = None
+
+
+_PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                    "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
+def _is_permanent(exc: Exception) -> bool:
+    """A rejection that retrying cannot fix (vs. connection errors, timeouts, 5xx while restarting)."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return True
+    return getattr(exc, "error_code", None) in _PERMANENT_CODES
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not supported
+        shutil.copy2(src, dst)
+    return dst
 
 
 @contextlib.contextmanager

@@ -1,0 +1,63 @@
+"""AdamW + an LR schedule counted in OPTIMIZER steps, independent of the number of processes.
+
+The reference trainers pass their LR scheduler through `accelerator.prepare`, which steps it once per
+process per optimizer step, and compensate by multiplying the warm-up by `num_processes` (seed-systems
+§8.31): the warm-up length then depends on how many GPUs ran it. Here the scheduler is NOT prepared; the
+loop steps it exactly once per optimizer step, so `lr_multiplier(k)` is the same function of the global
+step on 1 or N processes (and with gradient accumulation, where one step spans several micro-batches).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from echo_core.config import StrictModel
+
+
+class OptimConfig(StrictModel):
+    """`train_lvdm.optim` in params.yaml. Steps are optimizer steps; batch_size is per process."""
+
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(1e-2, ge=0)
+    eps: float = Field(1e-8, gt=0)
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine decays to 0 at max_steps
+    warmup_steps: int = Field(500, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)  # None: no clipping (the norm is still logged)
+    grad_accum: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_steps: int = Field(500_000, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> OptimConfig:
+        if self.schedule == "cosine" and self.warmup_steps >= self.max_steps:
+            raise ValueError("cosine schedule needs warmup_steps < max_steps")
+        return self
+
+
+def lr_multiplier(step: int, cfg: OptimConfig) -> float:
+    """Factor on `cfg.lr` for optimizer step `step` (0-based): linear warm-up reaching 1 at step
+    warmup_steps − 1 (so the first step already learns), then constant or cosine to zero."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.schedule == "constant" or step < cfg.warmup_steps:
+        return warm
+    progress = (step + 1 - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters only (callers pass no frozen weights)."""
+    return torch.optim.AdamW(list(params), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             eps=cfg.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over `lr_multiplier`; step it once per optimizer step and never `prepare` it."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg))

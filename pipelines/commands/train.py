@@ -1,0 +1,153 @@
+"""`echoforge train lvdm`: train the latent video diffusion model, track it in MLflow, register `echo-lvdm`.
+
+One process or many: run it directly, or under `accelerate launch` (profiles in infra/accelerate/):
+
+    echoforge train lvdm --data outputs/latents/dynamic --out outputs/lvdm
+    accelerate launch --config_file infra/accelerate/cpu-2proc.yaml -m pipelines.cli train lvdm --data ... --out ...
+
+Only rank 0 talks to MLflow (it prints `MLFLOW_RUN_ID=<id>` first, which the Prefect flow parses); the
+other ranks train with a NullTracker. `--resume latest` continues from the newest complete checkpoint and
+re-opens the same MLflow run (its id is kept in OUT/mlflow_run.json).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+REGISTERED_NAME = "echo-lvdm"
+EXPERIMENT = "echo-lvdm"
+SECTION = "train_lvdm"
+RUN_FILE = "mlflow_run.json"
+
+
+def apply_overrides(section: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """`["optim.lr=3e-4", "conditioning.types=[ef, text]"]` → a copy of `section` with those keys set.
+    Values are parsed as YAML (numbers, booleans, lists, null)."""
+    import yaml
+
+    from echo_core.errors import UsageError
+
+    data = copy.deepcopy(section)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r} is not key=value", fix="e.g. --set optim.lr=3e-4")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {item!r}: '{part}' is not a section", fix="check the key path")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def resolve_config(params: Path, assignments: list[str], *, max_steps: int | None = None,
+                   seed: int | None = None):
+    """params.yaml `train_lvdm:` + `--set` + the dedicated flags → a validated LvdmTrainConfig."""
+    from echo_core.config import load_params, validate_config
+    from echo_core.errors import ConfigError
+    from echo_core.training.loop import LvdmTrainConfig
+
+    doc = load_params(params)
+    if SECTION not in doc:
+        raise ConfigError(f"{params} has no '{SECTION}' section", fix=f"add a '{SECTION}:' section (see README)")
+    data = apply_overrides(doc[SECTION] or {}, assignments)
+    if max_steps is not None:
+        data.setdefault("optim", {})["max_steps"] = max_steps
+    if seed is not None:
+        data["seed"] = seed
+    return validate_config(LvdmTrainConfig, data, where=f"{params}:{SECTION}")
+
+
+def run_tags(cfg, data: list[Path]) -> dict[str, str]:
+    """Lineage tags for the run and the registered version."""
+    from pipelines.tracking import lineage_tags
+
+    return {**lineage_tags(cfg, data), "objective": cfg.objective.kind,
+            "conditioning": ",".join(cfg.conditioning.types)}
+
+
+def lvdm(
+    data: list[Path] = typer.Option(..., "--data", help="Latent store folder (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: checkpoints/, validation/, unet_ema/, ..."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml; its `train_lvdm:` section."),
+    assignments: list[str] = typer.Option([], "--set", help="Override a train_lvdm key: dotted.key=value."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Overrides optim.max_steps."),
+    seed: int | None = typer.Option(None, "--seed", help="Overrides train_lvdm.seed."),
+    resume: str | None = typer.Option(None, "--resume", help="'latest' or a checkpoint folder."),
+    vae: str | None = typer.Option(None, "--vae", help="VAE folder or models:/echo-vae@alias: decode "
+                                                      "validation videos (else latent previews)."),
+    tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (rank 0)."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Register the EMA UNet as echo-lvdm."),
+    alias: str = typer.Option("candidate", "--alias", help="Alias for the new version ('' for none)."),
+) -> None:
+    """Train (or resume) the LVDM on latent stores; log to MLflow and register `echo-lvdm`."""
+    cfg = resolve_config(params, assignments, max_steps=max_steps, seed=seed)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # set by accelerate launch / torchrun
+    vae_model = _load_vae(vae) if vae and is_main and cfg.validation.every else None
+    if not (is_main and tracking):
+        _train(cfg, data, out, resume, vae_model)
+        return
+    from echo_core.utils.atomic import write_json_atomic
+    from pipelines.tracking import start_run
+
+    tags = run_tags(cfg, data)
+    run_file = out / RUN_FILE
+    run_id = json.loads(run_file.read_text())["run_id"] if resume and run_file.is_file() else None
+    with start_run(EXPERIMENT, run_name=f"lvdm-{cfg.model.name}", tags=tags, run_id=run_id) as tracker:
+        typer.echo(f"MLFLOW_RUN_ID={tracker.run_id}")
+        write_json_atomic(run_file, {"run_id": tracker.run_id})
+        tracker.log_dict({"data": [str(d) for d in data], **cfg.model_dump(mode="json")}, f"config/{SECTION}.json")
+        result = _train(cfg, data, out, resume, vae_model, tracker)
+        tracker.flush(timeout=300)
+        if register:
+            _register(result.folder, tags, alias or None, vae, params)
+
+
+def _train(cfg, data: list[Path], out: Path, resume: str | None, vae, tracker=None):
+    from echo_core.training.loop import train_lvdm
+
+    result = train_lvdm(cfg, data, out, tracker=tracker, resume=resume, vae=vae)
+    if result.is_main:
+        typer.echo(f"trained {result.step} steps on {result.world_size} process(es); EMA model at {result.folder}")
+    return result
+
+
+def _load_vae(uri: str):
+    from echo_core.models.vae import load_vae
+    from pipelines.tracking import resolve_model_folder
+
+    return load_vae(resolve_model_folder(uri))[0]
+
+
+def _register(folder: Path, tags: dict[str, str], alias: str | None, vae: str | None, params: Path) -> None:
+    """With a VAE: register the servable pipeline (UNet + VAE + scheduler + encoders + model card), which is
+    what `mlflow models serve` and `echoforge sample` consume; without one: the bare EMA UNet folder."""
+    if vae:
+        from echo_core.config import load_params, load_section
+        from echo_core.sampling.requests import ServingLimits
+        from pipelines.serving.register import register_serving_model
+        from pipelines.tracking import resolve_model_folder
+
+        has_section = params.is_file() and "serving" in load_params(params)
+        limits = load_section(ServingLimits, "serving", params) if has_section else ServingLimits()
+        info = register_serving_model(folder, resolve_model_folder(vae), alias=alias,
+                                      tags={**tags, "vae_source": vae}, limits=limits)
+    else:
+        from pipelines.tracking import log_model_folder
+
+        info = log_model_folder(folder, name="lvdm", registered_model_name=REGISTERED_NAME, alias=alias, tags=tags)
+    typer.echo(f"registered {info.name} version {info.version}"
+               + (f" as models:/{info.name}@{alias}" if alias else f" ({info.uri})"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `lvdm` to the `train` group."""
+    app.command("lvdm")(lvdm)
