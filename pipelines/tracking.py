@@ -9,6 +9,7 @@ are retried until they are accepted, and `close()` waits (bounded) for the queue
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -373,7 +374,10 @@ def resolve_model_folder(uri_or_path: str | Path, cache_dir: str | Path | None =
     if not sep:
         name, _, ref = name.partition("/")
     mv = get_model_version(name, ref)
-    dst = Path(cache_dir or Path.cwd() / "mlruns" / "downloads") / f"{name}-v{mv.version}"
+    # Keyed on the store and the version's source too: a reset DB or another tracking server re-uses
+    # version numbers, and a cache keyed on the number alone would hand back stale weights.
+    key = hashlib.sha256(f"{tracking_uri()}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
+    dst = Path(cache_dir or Path.cwd() / "mlruns" / "downloads") / f"{name}-v{mv.version}-{key}"
     if not (dst / "MLmodel").is_file():
         _download_atomic(f"models:/{name}/{mv.version}", dst)
     return _artifact_dir(dst, "model_dir", text)
