@@ -10,13 +10,14 @@ Measures, for one model:
   (same seeds and conditions, so 0 = identical distribution; NOT comparable to published FVD);
 - serving latency p50/p95 of one 64-frame request through the pyfunc's request handler (in process,
   without HTTP overhead).
-Writes JSON to benchmarks/results/sample-<timestamp>.json.
+Writes JSON to benchmarks/results/sample.json (overwritten; the run's settings are recorded in it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from echo_core.utils.atomic import write_json_atomic  # noqa: E402
+
 SETTINGS = [("ddpm", 64), ("dpmpp_2m", 10), ("dpmpp_2m", 15), ("dpmpp_2m", 25)]
 
 
@@ -118,8 +123,10 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--requests", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     pipe = _load(args)
     from echo_core.sampling.default_frame import read_frame_png
 
@@ -136,10 +143,12 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "frames": args.frames, "batch": args.batch, "videos_per_setting": args.videos,
               "settings": results, "serving_64_frames": _serving_latency(pipe, args),
-              "torch": torch.__version__}
+              "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "load_average_1m": round(os.getloadavg()[0], 2), "guidance_scale": args.guidance,
+              "serving_requests": args.requests}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"sample-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
+    path = args.out / "sample.json"
+    write_json_atomic(path, report)
     print(json.dumps(report, indent=2))
     print(f"wrote {path}")
 

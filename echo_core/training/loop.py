@@ -61,6 +61,7 @@ from echo_core.training.checkpoint import checkpoint_writer, prune_checkpoints, 
 from echo_core.training.ema import EMA, EmaConfig
 from echo_core.training.optim import OptimConfig, build_optimizer, build_scheduler
 from echo_core.utils.atomic import atomic_dir, write_json_atomic
+from echo_core.utils.hashing import config_hash
 from echo_core.utils.progress import progress
 
 log = logging.getLogger("echoforge.lvdm")
@@ -336,8 +337,16 @@ def _optimizer_step(run: _Run) -> dict[str, float]:
 # ---------------------------------------------------------------- checkpoints
 
 
+def trajectory_hash(cfg: LvdmTrainConfig) -> str:
+    """Hash of everything that shapes the weights' trajectory (not max_steps: raising it continues a run)."""
+    data = cfg.model_dump(mode="json")
+    data["optim"].pop("max_steps", None)
+    return config_hash(data)
+
+
 def _trainer_state(run: _Run) -> dict[str, Any]:
-    return {"step": run.step, "world_size": run.accelerator.num_processes, "sampler": run.sampler.state_dict(),
+    return {"trajectory_hash": trajectory_hash(run.cfg), "step": run.step,
+            "world_size": run.accelerator.num_processes, "sampler": run.sampler.state_dict(),
             "scheduler": run.scheduler.state_dict(), "history": run.history.__dict__}
 
 
@@ -364,6 +373,32 @@ def save_checkpoint(run: _Run, root: Path, tracker: Tracker) -> Path:
             tracker.log_artifact(final / EXPORT_DIR, f"ema/step-{run.step:07d}")
         log.info("checkpoint %s", final)
     return final
+
+
+def _compatible(checkpoint: Path | None, cfg: LvdmTrainConfig, *, latest: bool) -> Path | None:
+    """`--resume latest` never continues a trajectory made with other hyper-parameters (e.g. `dvc repro`
+    after a params change, with persisted checkpoints): those checkpoints are moved aside, kept, and the
+    run starts fresh. An explicitly named checkpoint is honoured (fine-tuning) with a warning."""
+    if checkpoint is None:
+        return None
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:  # another rank already moved it aside as stale
+        return None
+    old = state.get("trajectory_hash")
+    if old == trajectory_hash(cfg):
+        return checkpoint
+    if not latest:
+        log.warning("resuming %s, written with other hyper-parameters (%s)", checkpoint, old)
+        return checkpoint
+    if int(os.environ.get("RANK", "0")) == 0:
+        stale = checkpoint.parent / f"stale-{old or 'unknown'}"
+        stale.mkdir(exist_ok=True)
+        for folder in sorted(checkpoint.parent.glob("checkpoint-*")):
+            os.replace(folder, stale / folder.name)
+        log.warning("checkpoints in %s were made with other hyper-parameters: moved to %s, starting fresh",
+                    checkpoint.parent, stale)
+    return None
 
 
 def load_checkpoint(run: _Run, folder: Path) -> None:
@@ -542,7 +577,7 @@ def train_lvdm(cfg: LvdmTrainConfig, data_roots: Sequence[str | os.PathLike], ou
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     run = _build_run(cfg, data_roots, text_encoder)
-    checkpoint = resolve_resume(out_dir / "checkpoints", resume)
+    checkpoint = _compatible(resolve_resume(out_dir / "checkpoints", resume), cfg, latest=resume == "latest")
     if checkpoint is not None:
         load_checkpoint(run, checkpoint)
         log.info("resumed from %s (step %d)", checkpoint, run.step)

@@ -52,3 +52,21 @@ def test_two_processes_learn_with_identical_weights_and_unscaled_warmup(tmp_path
     assert summary["history"]["first_lr"][:5] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3])
     losses = summary["history"]["first_loss"]
     assert len(losses) == 16 and np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+
+
+def test_prefect_train_flow_launches_accelerate_and_returns_the_run_id(tmp_path, repo_root):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.flows.train import build_command, train
+
+    store = write_latent_store(tmp_path / "store")
+    params = write_params(tmp_path / "params.yaml")
+    extra = ["--max-steps", "2", "--no-register"]
+    cmd = build_command([str(store)], str(tmp_path / "out"), params=str(params), profile="cpu-1proc",
+                        extra_args=extra)
+    assert cmd[1:4] == ["launch", "--config_file", str(repo_root / "infra/accelerate/cpu-1proc.yaml")]
+    run_id = train.fn([str(store)], str(tmp_path / "out"), params_path=str(params), profile="cpu-1proc",
+                      extra_args=extra)
+    history = MlflowClient().get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert (tmp_path / "out" / "unet_ema" / "lvdm_config.json").is_file()

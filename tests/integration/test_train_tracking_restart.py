@@ -82,11 +82,12 @@ def test_training_survives_a_tracking_server_restart(tmp_path, repo_root):
             time.sleep(0.1)
         _stop(server)  # mid-run: metrics, an EMA export and a validation video are logged while it is down
         down_at = list_checkpoints(out / "checkpoints")[-1][0]
-        while list_checkpoints(out / "checkpoints")[-1][0] == down_at and training.poll() is None:
+        # Training goes on without the server: a newer checkpoint appears (or, if it had already reached the
+        # end, it waits alive for its queued calls to be delivered).
+        while down_at < MAX_STEPS and list_checkpoints(out / "checkpoints")[-1][0] == down_at:
+            assert training.poll() is None, training.communicate()[1][-3000:]
             time.sleep(0.1)
-        if training.poll() is not None:
-            Path("/tmp/lvdm_scratch/err.txt").write_text(training.communicate()[1])
-        assert training.poll() is None and down_at < MAX_STEPS
+        assert training.poll() is None, training.communicate()[1][-3000:]
         time.sleep(3)
         server = _start_server(tmp_path, port)
         stdout, stderr = training.communicate(timeout=300)

@@ -232,3 +232,26 @@ def test_train_logs_validates_and_exports_the_ema_model(tmp_path):
     assert load_lvdm_folder(slim)[1] == cfg
 
     assert json.loads((tmp_path / "a" / "ranks" / "rank-0.json").read_text())["world_size"] == 1
+
+
+def test_resume_latest_never_continues_a_run_made_with_other_hyper_parameters(tmp_path):
+    """`dvc repro` after a params change keeps persisted checkpoints: they must be set aside, not resumed."""
+    import json
+
+    from echo_core.training.loop import LvdmTrainConfig, _compatible, trajectory_hash
+
+    cfg = LvdmTrainConfig()
+    ckpt = tmp_path / "checkpoints" / "checkpoint-10"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"trajectory_hash": trajectory_hash(cfg), "step": 10}))
+    assert _compatible(ckpt, cfg.model_copy(update={"seed": cfg.seed}), latest=True) == ckpt
+    longer = cfg.model_copy(deep=True)
+    longer.optim.max_steps += 100  # raising max_steps continues the same trajectory
+    assert _compatible(ckpt, longer, latest=True) == ckpt
+
+    changed = cfg.model_copy(deep=True)
+    changed.optim.lr *= 2
+    assert _compatible(ckpt, changed, latest=False) == ckpt  # an explicit folder is honoured
+    assert _compatible(ckpt, changed, latest=True) is None
+    assert not ckpt.exists()
+    assert list((tmp_path / "checkpoints").glob("stale-*/checkpoint-10"))
