@@ -167,7 +167,7 @@ class ReferenceTrainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.unet.parameters())
-        return float(loss)
+        return float(loss.detach())
 
 
 # ---------------------------------------------------------------- timing
@@ -281,6 +281,15 @@ def machine_info(device: torch.device) -> dict[str, Any]:
             "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
+def preload_modules() -> None:
+    """Import everything both procedures use before any phase, so neither phase's RSS pays for imports."""
+    import accelerate  # noqa: F401
+    from diffusers import UNetSpatioTemporalConditionModel  # noqa: F401
+    from diffusers.training_utils import EMAModel  # noqa: F401
+
+    import echo_core.training.loop  # noqa: F401
+
+
 def bench_config(config: str, work: Path, args, device: torch.device) -> dict[str, Any]:
     batch, frames, steps, warmup = (GPU_PLAN if device.type == "cuda" else CPU_PLAN)[config]
     batch, steps, warmup = args.batch or batch, args.steps or steps, args.warmup if args.warmup >= 0 else warmup
@@ -324,6 +333,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    preload_modules()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks", prefix=".train-bench-") as tmp:
         write_latent_stores(Path(tmp), args.videos, args.frames)

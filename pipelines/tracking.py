@@ -362,6 +362,14 @@ def get_model_version(name: str, alias_or_version: str):
         ) from None
 
 
+def version_of_uri(uri: str):
+    """The registry ModelVersion behind `models:/name@alias` or `models:/name/3`."""
+    name, sep, ref = uri.removeprefix("models:/").partition("@")
+    if not sep:
+        name, _, ref = name.partition("/")
+    return get_model_version(name, ref)
+
+
 def resolve_model_folder(uri_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """Local folder for `models:/name@alias`, `models:/name/3`, or an existing local folder."""
     text = str(uri_or_path)
@@ -370,10 +378,8 @@ def resolve_model_folder(uri_or_path: str | Path, cache_dir: str | Path | None =
         if not path.is_dir():
             raise TrackingError(f"model folder not found: {path}", fix="pass a folder or models:/<name>@<alias>")
         return path
-    name, sep, ref = text.removeprefix("models:/").partition("@")
-    if not sep:
-        name, _, ref = name.partition("/")
-    mv = get_model_version(name, ref)
+    mv = version_of_uri(text)
+    name = mv.name
     # Keyed on the store and the version's source too: a reset DB or another tracking server re-uses
     # version numbers, and a cache keyed on the number alone would hand back stale weights.
     key = hashlib.sha256(f"{tracking_uri()}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]

@@ -20,15 +20,10 @@ def _overrides(**values) -> dict:
 def _resolve_vae(uri: str):
     """(vae, VaeInfo) for a registry URI or a folder; the info records the URI and registry version."""
     from echo_core.models.vae import load_vae
-    from pipelines.tracking import get_model_version, resolve_model_folder
+    from pipelines.tracking import resolve_model_folder, version_of_uri
 
     folder = resolve_model_folder(uri)
-    version = None
-    if uri.startswith("models:/"):
-        name, sep, ref = uri.removeprefix("models:/").partition("@")
-        if not sep:
-            name, _, ref = name.partition("/")
-        version = str(get_model_version(name, ref).version)
+    version = str(version_of_uri(uri).version) if uri.startswith("models:/") else None
     return load_vae(folder, uri=uri, version=version)
 
 

@@ -161,12 +161,9 @@ def build_serving(lvdm: str = typer.Option(..., "--lvdm", help="LVDM folder or m
         else ServingLimits()
     tags = {"git_commit": git_commit(), "source_version": lvdm, "vae_source": vae}
     if lvdm.startswith("models:/"):
-        from pipelines.tracking import get_model_version
+        from pipelines.tracking import version_of_uri
 
-        name, sep, ref = lvdm.removeprefix("models:/").partition("@")
-        if not sep:
-            name, _, ref = name.partition("/")
-        source = get_model_version(name, ref)
+        source = version_of_uri(lvdm)
         tags.update({k: v for k, v in (source.tags or {}).items() if k in ("data_dvc_hash", "config_hash")})
     info = register_serving_model(resolve_model_folder(lvdm), resolve_model_folder(vae), alias=alias or None,
                                   tags=tags, limits=limits)

@@ -100,10 +100,16 @@ def lvdm(
 
     tags = run_tags(cfg, data)
     run_file = out / RUN_FILE
-    run_id = json.loads(run_file.read_text())["run_id"] if resume and run_file.is_file() else None
+    from echo_core.training.loop import trajectory_hash
+
+    trajectory = trajectory_hash(cfg)
+    previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
+    # A resumed trajectory continues its MLflow run; changed hyper-parameters start a new run (and a fresh
+    # trajectory: the loop sets such checkpoints aside).
+    run_id = previous.get("run_id") if previous.get("trajectory_hash") == trajectory else None
     with start_run(EXPERIMENT, run_name=f"lvdm-{cfg.model.name}", tags=tags, run_id=run_id) as tracker:
         typer.echo(f"MLFLOW_RUN_ID={tracker.run_id}")
-        write_json_atomic(run_file, {"run_id": tracker.run_id})
+        write_json_atomic(run_file, {"run_id": tracker.run_id, "trajectory_hash": trajectory})
         tracker.log_dict({"data": [str(d) for d in data], **cfg.model_dump(mode="json")}, f"config/{SECTION}.json")
         result = _train(cfg, data, out, resume, vae_model, tracker)
         tracker.flush(timeout=300)

@@ -25,16 +25,13 @@ GRID_SAMPLES = 4
 
 def resolve_model(model: str, vae: str | None) -> tuple[Path, Path | None, dict[str, Any]]:
     """(LVDM/bundle folder, VAE folder or None, {"id", "uri", "version"}) for a models:/ URI or a folder."""
-    from pipelines.tracking import get_model_version, resolve_model_folder
+    from pipelines.tracking import resolve_model_folder, version_of_uri
 
     folder = resolve_model_folder(model)
     info: dict[str, Any] = {"uri": model, "id": str(folder.resolve())}
     if model.startswith("models:/"):
-        name, sep, ref = model.removeprefix("models:/").partition("@")
-        if not sep:
-            name, _, ref = name.partition("/")
-        mv = get_model_version(name, ref)
-        info.update(id=f"{name}/{mv.version}", version=str(mv.version), run_id=mv.run_id)
+        mv = version_of_uri(model)
+        info.update(id=f"{mv.name}/{mv.version}", version=str(mv.version), run_id=mv.run_id)
     return folder, (resolve_model_folder(vae) if vae else None), info
 
 
