@@ -85,7 +85,9 @@ def _generate_set(pipe, sampler: str, steps: int, args, cond, out: Path) -> dict
 def _fvd_proxy(real: Path, fake: Path) -> float:
     from echo_core.metrics.api import MetricsOptions, compute_metrics
 
-    result = compute_metrics(real, fake, ["fvd16_fallback"], MetricsOptions(allow_fewer=True))
+    # fixed clip offsets: with the default random offset on the "real" side, DDPM-64 vs itself is not 0
+    options = MetricsOptions(allow_fewer=True, real_random_offset=False)
+    result = compute_metrics(real, fake, ["fvd16_fallback"], options)
     return float(result.values["fvd16_fallback"])
 
 
