@@ -144,6 +144,19 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: flo
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def drain_prefect_workers() -> None:
+    """Flush this process's Prefect event/log workers while their server is still up.
+
+    The workers are per-process singletons: left holding events for a server the test then stops, they
+    make the next `prefect_test_harness` hang in its own drain (seen in the full suite)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (EventsWorker, APILogWorker):
+        with contextlib.suppress(RuntimeError, TypeError):  # never started in this process
+            worker.drain_all(timeout=30)
+
+
 @contextlib.contextmanager
 def prefect_client(server: PrefectServer) -> Iterator[Any]:
     """A sync Prefect client of this test process, talking to `server` (settings restored on exit)."""

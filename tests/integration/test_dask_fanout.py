@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers_servers import Processes, start_prefect_server
+from helpers_servers import Processes, drain_prefect_workers, start_prefect_server
 
 from echo_core.data.phantom.datasets import generate_dataset
 from echo_core.data.prepare import prepare_dataset
@@ -58,6 +58,7 @@ def test_dask_fanout_matches_the_sequential_path(project: Path, monkeypatch):
         flow = preprocess.with_options(task_runner=task_runner("dask", address=cluster.scheduler_address))
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             done = flow(params_path=str(project / "params.yaml"), out_root=str(project / "outputs"))
+            drain_prefect_workers()
         workers = {event["worker"] for event in stream.buffer}
     finally:
         if cluster is not None:

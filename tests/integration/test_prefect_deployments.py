@@ -16,6 +16,7 @@ from helpers_servers import (
     BIN,
     REPO_ROOT,
     Processes,
+    drain_prefect_workers,
     prefect_client,
     run_cli,
     run_deployment,
@@ -114,6 +115,8 @@ def test_gpu_limit_keeps_two_jobs_off_the_same_card(stack):
         t.start()
     for t in threads:
         t.join(timeout=180)
+    with temporary_settings({PREFECT_API_URL: stack["server"].api_url}):
+        drain_prefect_workers()  # before the module fixture stops this server
     assert len(spans) == 2
     (a0, a1), (b0, b1) = sorted(spans)
     assert a1 <= b0  # the second job started only after the first released the slot
