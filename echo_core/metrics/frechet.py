@@ -76,7 +76,9 @@ def frechet_distance_with_info(mu1, sigma1, mu2, sigma2) -> tuple[float, Frechet
     diff = mu1 - mu2
     trace_sqrt = np.sqrt(np.clip(lam, 0.0, None)).sum()
     fd = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
-    return fd, FrechetInfo(method=method, min_eig_product=float(lam.min()), n_clipped=int((lam < 0).sum()))
+    # lam is empty when one covariance is exactly zero (a single sample per side): sqrt(0 · S2) = 0
+    min_eig = float(lam.min()) if lam.size else 0.0
+    return fd, FrechetInfo(method=method, min_eig_product=min_eig, n_clipped=int((lam < 0).sum()))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:

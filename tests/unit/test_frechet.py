@@ -93,3 +93,18 @@ def test_rejects_bad_shapes_and_non_finite():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.array([np.nan, 0]), np.eye(2), np.zeros(2), np.eye(2))
+
+
+def test_zero_covariance_single_sample_per_side():
+    """One clip per side gives an all-zero covariance: FD = |mu1 - mu2|^2 + tr(S2), no crash."""
+    import numpy as np
+
+    from echo_core.metrics.frechet import frechet_distance
+
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=8), rng.normal(size=8)
+    a = rng.normal(size=(8, 3))
+    s2 = a @ a.T
+    expected = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s2))
+    assert np.isclose(frechet_distance(mu1, np.zeros((8, 8)), mu2, s2), expected, rtol=1e-12)
+    assert np.isclose(frechet_distance(mu1, np.zeros((8, 8)), mu2, np.zeros((8, 8))), (mu1 - mu2) @ (mu1 - mu2))
