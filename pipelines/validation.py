@@ -533,13 +533,16 @@ def _check_dataset_dir(root: Path) -> Path:
     return filelist
 
 
-def write_quarantine(report: ValidationReport, path: str | os.PathLike) -> Path:
+def write_quarantine(report: ValidationReport, path: str | os.PathLike, *, quarantined: bool = True) -> Path:
     """Write the quarantine list (FileName,row,reasons; one line per bad row), atomically.
 
-    `data prepare --exclude` reads its FileName column; an empty list is a header-only file.
+    `data prepare --exclude` reads its FileName column; an empty list is a header-only file. With
+    `quarantined=False` (validation ran without --quarantine) nothing is set aside: the list is empty,
+    but the pipeline still gets the file it depends on.
     """
+    rows = report.bad_row_numbers.items() if quarantined else ()
     frame = pd.DataFrame([{"FileName": name, "row": row, "reasons": "; ".join(report.bad_rows[name])}
-                          for row, name in report.bad_row_numbers.items()], columns=["FileName", "row", "reasons"])
+                          for row, name in rows], columns=["FileName", "row", "reasons"])
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
     return Path(path)

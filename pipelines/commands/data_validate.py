@@ -51,15 +51,8 @@ def validate(
     if quarantine:
         _print_quarantine(v, result, quarantine_out or report_path.parent / "quarantine.csv")
     elif quarantine_out:  # the pipeline always hands prepare a (here empty) exclude list
-        v.write_quarantine(_without_bad_rows(result), quarantine_out)
+        v.write_quarantine(result, quarantine_out, quarantined=False)
     sys.exit(0 if result.success else 1)  # SystemExit, not typer.Exit: main() runs click non-standalone
-
-
-def _without_bad_rows(result):
-    """Nothing is quarantined unless asked: an empty list, whatever failed."""
-    import dataclasses
-
-    return dataclasses.replace(result, failures=[], bad_rows={})
 
 
 def _print_quarantine(v, result, path: Path) -> None:

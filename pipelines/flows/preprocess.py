@@ -37,20 +37,13 @@ def validate_task(kind: str, root: str, out_dir: str, quarantine: bool, prepared
     out = Path(out_dir)
     report = validate_dataset(kind, root, prepared=prepared, docs_dir=out / "data_docs",
                               report_path=out / "report.json", quarantine=quarantine)
-    quarantine_csv = write_quarantine(report if quarantine else _nothing_quarantined(report),
-                                      out / "quarantine.csv")
+    quarantine_csv = write_quarantine(report, out / "quarantine.csv", quarantined=quarantine)
     get_run_logger().info(format_report(report))
     if not report.success:
         raise DataError(f"validation failed for {root}; see {out / 'report.json'}",
                         fix="fix the rows listed above, or re-run with quarantine enabled")
     return {"report": str(out / "report.json"), "quarantine": str(quarantine_csv),
             "bad_rows": len(report.bad_rows)}
-
-
-def _nothing_quarantined(report):
-    import dataclasses
-
-    return dataclasses.replace(report, failures=[], bad_rows={})
 
 
 @task(name="prepare-video", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient_only)

@@ -25,14 +25,7 @@ from echo_core.models.vae import (
 from echo_core.training.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, kl_loss, reconstruction_loss
 from echo_core.training.vae import VaeTrainConfig, batch_indices, train_vae
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread avoids oversubscription (10x slower steps otherwise).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
