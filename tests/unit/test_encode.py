@@ -194,6 +194,11 @@ def _cli(vae_folder: Path, dataset: Path, out: Path) -> subprocess.Popen:
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def _finished(latents: Path) -> list[Path]:
+    """Completed latent files; `.<name>.*.tmp.safetensors` is a write in flight, not a finished video."""
+    return [p for p in latents.glob("*.safetensors") if not p.name.startswith(".")]
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(vae_folder, tmp_path):
     ds = make_prepared_dataset(tmp_path / "ds", num_videos=10, frames=(16, 24, 32))
@@ -201,11 +206,11 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(vae_folder, tmp_path):
     proc = _cli(vae_folder, ds, tmp_path / "killed")
     latents = tmp_path / "killed" / "Latents"
     deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline and not list(latents.glob("*.safetensors")):
+    while proc.poll() is None and time.monotonic() < deadline and not _finished(latents):
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(list(latents.glob("*.safetensors")))
+    done_before = len(_finished(latents))
     assert 1 <= done_before < 10, "the kill must land mid-run"
     assert not (tmp_path / "killed" / "manifest.json").exists()
     rerun = _cli(vae_folder, ds, tmp_path / "killed")
