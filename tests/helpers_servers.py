@@ -23,7 +23,7 @@ import yaml
 
 from echo_core.data.phantom.datasets import generate_dataset
 from pipelines.ops.mlflow_server import MlflowServerConfig, prepare_local_store, server_command
-from pipelines.ops.prefect_setup import POOL, worker_command
+from pipelines.ops.prefect_setup import POOL, worker_command, worker_env
 from pipelines.ops.processes import ManagedProcess, free_port, spawn, wait_http_ok
 
 BIN = Path(sys.executable).parent
@@ -91,7 +91,7 @@ def restart_prefect_server(procs: Processes, server: PrefectServer, down_s: floa
 def start_worker(procs: Processes, server: PrefectServer, log: Path, pool: str = POOL,
                  env: Mapping[str, str] | None = None) -> ManagedProcess:
     """A process worker for `pool`; the flow runs it starts are killed with it on stop (grace 5 s, then KILL)."""
-    full_env = server.env(**FAST_WORKER, **(env or {}))
+    full_env = worker_env(server.env(**FAST_WORKER, **(env or {})))
     proc = procs.add(spawn(worker_command(pool), name="prefect-worker", log_path=log, env=full_env,
                            cwd=REPO_ROOT), grace=5)
     wait_for(lambda: "started!" in proc.log_tail(20000) or not proc.alive(), timeout=120, what="worker start")

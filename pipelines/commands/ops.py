@@ -61,13 +61,16 @@ def prefect_setup(
     pool: str = typer.Option("echoforge", "--pool", help="Process work pool to create."),
     gpus: int = typer.Option(1, "--gpus", min=0, help="Slots of the global concurrency limit `gpu` "
                                                      "(one per card; 0 removes the limit)."),
+    zombie_after: int = typer.Option(90, "--zombie-after", min=0, help="Mark flow runs Crashed after this many "
+                                     "seconds without a heartbeat (0 removes the automation)."),
 ) -> None:
-    """Create the process work pool and the `gpu` global concurrency limit on $PREFECT_API_URL."""
+    """Create the process work pool, the `gpu` global concurrency limit and the zombie-run automation."""
     from pipelines.ops.concurrency import ensure_gpu_limit
-    from pipelines.ops.prefect_setup import ensure_work_pool
+    from pipelines.ops.prefect_setup import ensure_work_pool, ensure_zombie_automation
 
     typer.echo(ensure_work_pool(pool))
     typer.echo(ensure_gpu_limit(gpus))
+    typer.echo(ensure_zombie_automation(zombie_after))
 
 
 def worker(
@@ -75,10 +78,10 @@ def worker(
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many flow runs at once."),
 ) -> None:
     """Start a process worker for the pool (runs flow runs as subprocesses in the project folder)."""
-    from pipelines.ops.prefect_setup import worker_command
+    from pipelines.ops.prefect_setup import worker_command, worker_env
 
     cmd = worker_command(pool, limit)
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, worker_env())  # its flow runs inherit the 30 s heartbeat
 
 
 def deploy(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from echo_core.errors import EchoForgeError
 
@@ -41,10 +40,21 @@ def retry_transient_only(task, task_run, state) -> bool:
     return False
 
 
-def gather_with_progress(futures: Sequence[Any], label: str, on_progress: Callable[[int, int], None]) -> list:
-    """Wait for every future in order, reporting progress; the first user error is re-raised as is."""
-    results = []
+def run_shards(shard_task, calls: Sequence[tuple], label: str) -> list:
+    """Submit `shard_task(*call)` for every call to the flow's task runner; results in call order.
+
+    Every shard runs to its end before the first error is re-raised, so a re-run only redoes what failed.
+    """
+    from prefect import get_run_logger
+
+    futures = [shard_task.submit(*call) for call in calls]
+    results, first_error = [], None
     for i, future in enumerate(futures, start=1):
-        results.append(future.result())
-        on_progress(i, len(futures))
+        try:
+            results.append(future.result())
+        except Exception as exc:  # kept; re-raised once every shard has ended
+            first_error = first_error or exc
+        get_run_logger().info("%s: %d/%d shards done", label, i, len(futures))
+    if first_error is not None:
+        raise first_error
     return results

@@ -74,6 +74,17 @@ def stream_command(cmd: Sequence[str], logger: logging.Logger | logging.LoggerAd
     return run_id
 
 
+def local_gpus(profile: str) -> int:
+    """Cards one machine's training processes occupy: its process count, capped by the visible GPUs
+    (0 on a CPU machine, where the MULTI_GPU profiles fall back to gloo)."""
+    import torch
+    import yaml
+
+    cfg = yaml.safe_load((PROFILES_DIR / f"{profile}.yaml").read_text(encoding="utf-8"))
+    per_machine = max(1, int(cfg.get("num_processes", 1)) // max(1, int(cfg.get("num_machines", 1))))
+    return 0 if cfg.get("use_cpu") else min(per_machine, torch.cuda.device_count())
+
+
 def _logger() -> logging.Logger | logging.LoggerAdapter:
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_run_logger
@@ -91,9 +102,13 @@ def train(data: list[str], out: str, params_path: str = "params.yaml", profile: 
     run id. `extra_args` go to `echoforge train lvdm` (e.g. ["--resume", "latest", "--max-steps", "100"])."""
     cmd = build_command(data, out, params=params_path, profile=profile, extra_args=extra_args or (),
                         main_process_port=main_process_port)
+    from pipelines.ops.concurrency import gpu_slot
+
     logger = _logger()
-    logger.info("launching: %s", " ".join(cmd))
-    return stream_command(cmd, logger)
+    cards = local_gpus(profile)
+    logger.info("launching on %d GPU slot(s): %s", cards, " ".join(cmd))
+    with gpu_slot(occupy=cards):  # no other GPU job shares these cards while training runs
+        return stream_command(cmd, logger)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,11 +14,15 @@ GPU_LIMIT = "gpu"
 
 
 @contextlib.contextmanager
-def gpu_slot(name: str = GPU_LIMIT, timeout_seconds: float | None = None) -> Iterator[None]:
-    """Hold one slot of the global concurrency limit `name` (waits while all slots are taken)."""
+def gpu_slot(name: str = GPU_LIMIT, timeout_seconds: float | None = None, occupy: int = 1) -> Iterator[None]:
+    """Hold `occupy` slots (cards) of the global concurrency limit `name`, waiting while they are taken;
+    occupy=0 (a CPU-only job) holds nothing."""
+    if occupy <= 0:
+        yield
+        return
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=False):
+    with concurrency(name, occupy=occupy, timeout_seconds=timeout_seconds, strict=False):
         yield
 
 

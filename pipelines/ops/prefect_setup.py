@@ -1,19 +1,24 @@
 """Prefect server, work pool, worker and deployments for this project (infra/prefect/prefect.yaml).
 
     echoforge ops prefect-server                  # prefect server start --host 127.0.0.1 --port 4200
-    echoforge ops prefect-setup --gpus 1          # process work pool `echoforge` + global limit `gpu`
+    echoforge ops prefect-setup --gpus 1          # work pool `echoforge`, limit `gpu`, zombie automation
     echoforge ops worker                          # prefect worker start --pool echoforge --type process
     echoforge ops deploy                          # prefect deploy --all --prefect-file infra/prefect/prefect.yaml
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 POOL = "echoforge"
 PREFECT_FILE = Path("infra") / "prefect" / "prefect.yaml"
+ZOMBIE_AUTOMATION = "echoforge-crash-zombie-flow-runs"
+# Prefect's minimum; its default (180 s) would let a dead machine's run look alive for minutes.
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 
 
 def prefect_exe() -> str:
@@ -32,6 +37,14 @@ def worker_command(pool: str = POOL, limit: int | None = None, name: str | None 
     if name:
         cmd += ["--name", name]
     return cmd
+
+
+def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: flow runs it starts inherit it, so they send heartbeats every 30 s
+    (unless the environment already chose a frequency)."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault(HEARTBEAT_ENV, str(HEARTBEAT_SECONDS))
+    return env
 
 
 def deploy_command(prefect_file: str | Path = PREFECT_FILE, names: Sequence[str] = ()) -> list[str]:
@@ -61,3 +74,49 @@ def ensure_work_pool(name: str = POOL) -> str:
         template = ProcessWorker.get_default_base_job_template()
         client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
         return f"created process work pool {name!r}"
+
+
+def zombie_automation(within_s: int):
+    """Prefect's zombie detection: a flow run that stops sending heartbeats for `within_s` is marked Crashed
+    (then `prefect flow-run retry` resumes it; our stages skip finished work)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    ended = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    return Automation(
+        name=ZOMBIE_AUTOMATION,
+        description=f"Mark a flow run Crashed when no heartbeat arrived for {within_s} s (its machine died).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *ended},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=within_s)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {within_s} s: the worker or its machine died")],
+    )
+
+
+def ensure_zombie_automation(within_s: int) -> str:
+    """Create (or replace) the zombie automation; within_s = 0 removes it. Returns what it did."""
+    from prefect.automations import Automation
+
+    if 0 < within_s <= HEARTBEAT_SECONDS:
+        from echo_core.errors import ConfigError
+
+        raise ConfigError(f"--zombie-after {within_s} must exceed the {HEARTBEAT_SECONDS} s heartbeat",
+                          fix="use e.g. --zombie-after 90 (three missed heartbeats)")
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION).delete()
+        replaced = True
+    except ValueError:  # not found
+        replaced = False
+    if within_s == 0:
+        return f"zombie automation {ZOMBIE_AUTOMATION!r} " + ("removed" if replaced else "not present")
+    zombie_automation(within_s).create()
+    return (f"{'replaced' if replaced else 'created'} automation {ZOMBIE_AUTOMATION!r}: flow runs silent for "
+            f"{within_s} s are marked Crashed (workers send heartbeats every {HEARTBEAT_SECONDS} s)")

@@ -4,6 +4,10 @@
     ECHOFORGE_TASK_WORKERS  pool size for thread/process, and for a temporary Dask LocalCluster
     ECHOFORGE_DASK_ADDRESS  scheduler of an existing Dask cluster (tcp://host:8786); alone, it implies dask
 
+Shards: flows that cut their work into shards (encode, sample, metric feature extraction) take a
+`shards` parameter; left unset it is 1 on a default set-up and ECHOFORGE_TASK_WORKERS once the environment
+names a runner, so pointing a deployment at a Dask cluster is enough to spread the work over it.
+
 Flows decorate with `task_runner=runner_from_env()`; the decision is made when the flow module is
 imported, i.e. in the flow-run process, after the deployment's environment is in place.
 """
@@ -44,3 +48,14 @@ def runner_from_env(default: str = "thread", workers: int = 2, env: Mapping[str,
     """The Prefect task runner the environment asks for (see the module docstring)."""
     kind, n, address = runner_settings(env, default, workers)
     return task_runner(kind, n, address)
+
+
+def shard_count(requested: int | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Shards to cut work into: `requested`, else the pool size when the environment names a runner, else 1."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"shards={requested} must be >= 1", fix="pass shards=1 for no fan-out")
+        return requested
+    env = os.environ if env is None else env
+    named = env.get(RUNNER_ENV, "").strip() or env.get(DASK_ADDRESS_ENV, "").strip()
+    return runner_settings(env)[1] if named else 1

@@ -33,6 +33,7 @@ from pipelines.ops.processes import spawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SAMPLES = 24
+ZOMBIE_AFTER_S = 45  # > the 30 s heartbeat; production default 90
 
 
 # ------------------------------------------------------------------------------ MLflow restart, sampling
@@ -86,7 +87,9 @@ def prefect_stack(tmp_path_factory):
     try:
         server = start_prefect_server(procs, root / "prefect-home")
         env = server.env()
-        assert run_cli([str(BIN / "echoforge"), "ops", "prefect-setup", "--gpus", "0"], env).returncode == 0
+        setup = run_cli([str(BIN / "echoforge"), "ops", "prefect-setup", "--gpus", "0", "--zombie-after",
+                         str(ZOMBIE_AFTER_S)], env)
+        assert setup.returncode == 0 and "automation" in setup.stdout, setup.stdout
         deploy = run_cli([str(BIN / "echoforge"), "ops", "deploy", "--name", "preprocess/phantom"], env)
         assert deploy.returncode == 0, deploy.stdout[-3000:]
         params = write_project(root / "project", num_videos=8, seed=11)
@@ -122,8 +125,6 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_worker_killed_mid_flow_is_retried_without_half_written_outputs(prefect_stack):
-    from prefect.states import Crashed
-
     stack = prefect_stack
     server, out = stack["server"], stack["root"] / "killed" / "outputs"
     worker = start_worker(stack["procs"], server, stack["root"] / "worker-1.log")
@@ -132,8 +133,9 @@ def test_worker_killed_mid_flow_is_retried_without_half_written_outputs(prefect_
     worker.kill()  # the machine dies: worker AND the flow-run process it started, SIGKILL
     assert not (out / "reference" / "dynamic").exists()  # really mid-flow
     assert _state(server, run_id).is_running()  # orphaned: nobody will report on it any more
-    with prefect_client(server) as client:  # what Prefect's heartbeat-based zombie detection does in production
-        client.set_flow_run_state(run_id, Crashed(message="worker killed"), force=True)
+    # Prefect's zombie detection (the automation `prefect-setup` made) notices the missing heartbeats
+    wait_for(lambda: _state(server, run_id).is_crashed(), ZOMBIE_AFTER_S + 90, "the zombie automation")
+    assert "no heartbeat" in (_state(server, run_id).message or "")
     start_worker(stack["procs"], server, stack["root"] / "worker-2.log")
     retried = run_cli([str(BIN / "prefect"), "flow-run", "retry", str(run_id)], server.env(), timeout=120)
     assert retried.returncode == 0, retried.stdout
