@@ -4,7 +4,7 @@ Same phantom data, same process, same machine. Work measured per video: decode (
 resize, normalise, encode (MP4 / JPEG). Three procedures:
   sequential      echo_core.prepare_dataset / build_reference with workers=1 (the reference procedure)
   threads         the same jobs on a 2-thread pool, no orchestration
-  prefect_flow    pipelines.flows.preprocess fan-out (one Prefect task per video, 2-thread task runner)
+  prefect_flow    pipelines.flows.preprocess fan-out (Prefect tasks of up to 8 videos, 2-thread task runner)
 Each procedure starts from an empty output folder (no resume reuse). Writes benchmarks/results/prepare.json.
 """
 

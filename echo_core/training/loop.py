@@ -207,8 +207,8 @@ class History:
 
 
 @dataclass
-class _Run:
-    """Everything one training run holds; built once by `_build_run`."""
+class TrainingRun:
+    """Everything one training run holds; built once by `build_run`."""
 
     cfg: LvdmTrainConfig
     accelerator: Any
@@ -267,8 +267,9 @@ def _make_accelerator(cfg: LvdmTrainConfig):
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.optim.mixed_precision)
 
 
-def _build_run(cfg: LvdmTrainConfig, data_roots: Sequence[str | os.PathLike],
-               text_encoder: FrozenTextEncoder | None) -> _Run:
+def build_run(cfg: LvdmTrainConfig, data_roots: Sequence[str | os.PathLike],
+              text_encoder: FrozenTextEncoder | None) -> TrainingRun:
+    """Accelerator, data, model, EMA, optimizer and schedule of one run (also used by benchmarks/train.py)."""
     accelerator = _make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     dataset = LatentClipDataset.from_config(data_roots, "TRAIN", cfg.dataset, conditions=cfg.conditioning.types,
@@ -282,7 +283,7 @@ def _build_run(cfg: LvdmTrainConfig, data_roots: Sequence[str | os.PathLike],
     optimizer = build_optimizer((p for p in net.parameters() if p.requires_grad), cfg.optim)
     net, optimizer = accelerator.prepare(net, optimizer)
     scheduler = build_scheduler(optimizer, cfg.optim)  # NOT prepared: stepped once per optimizer step
-    return _Run(cfg, accelerator, net, ema, optimizer, scheduler, build_objective(cfg.objective), dataset,
+    return TrainingRun(cfg, accelerator, net, ema, optimizer, scheduler, build_objective(cfg.objective), dataset,
                 sampler, loader, _seed_rank(cfg.seed, rank))
 
 
@@ -293,7 +294,7 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _micro_batch_loss(run: _Run, batch: Mapping[str, Any]) -> torch.Tensor:
+def _micro_batch_loss(run: TrainingRun, batch: Mapping[str, Any]) -> torch.Tensor:
     """Masked denoising loss of one micro-batch, with condition and frame dropout drawn from the rank's
     generator. batch["video"]: (B, C, T, h, w)."""
     x0 = batch["video"]
@@ -308,7 +309,7 @@ def _micro_batch_loss(run: _Run, batch: Mapping[str, Any]) -> torch.Tensor:
     return run.objective.loss(pred, target, frame_mask(batch["padding"], frames))
 
 
-def _optimizer_step(run: _Run) -> dict[str, float]:
+def optimizer_step(run: TrainingRun) -> dict[str, float]:
     """grad_accum micro-batches → clip → AdamW → LR schedule → EMA. Returns this step's metrics."""
     acc, optim = run.accelerator, run.cfg.optim
     start = time.perf_counter()
@@ -344,13 +345,13 @@ def trajectory_hash(cfg: LvdmTrainConfig) -> str:
     return config_hash(data)
 
 
-def _trainer_state(run: _Run) -> dict[str, Any]:
+def _trainer_state(run: TrainingRun) -> dict[str, Any]:
     return {"trajectory_hash": trajectory_hash(run.cfg), "step": run.step,
             "world_size": run.accelerator.num_processes, "sampler": run.sampler.state_dict(),
             "scheduler": run.scheduler.state_dict(), "history": run.history.__dict__}
 
 
-def save_checkpoint(run: _Run, root: Path, tracker: Tracker) -> Path:
+def save_checkpoint(run: TrainingRun, root: Path, tracker: Tracker) -> Path:
     """Write `root/checkpoint-<step>` atomically (all ranks), prune old ones, log the EMA export."""
     from safetensors.torch import save_file
 
@@ -401,7 +402,7 @@ def _compatible(checkpoint: Path | None, cfg: LvdmTrainConfig, *, latest: bool) 
     return None
 
 
-def load_checkpoint(run: _Run, folder: Path) -> None:
+def load_checkpoint(run: TrainingRun, folder: Path) -> None:
     """Restore model, optimizer, RNG (accelerate), EMA, generator, data position, scheduler and history."""
     from safetensors.torch import load_file
 
@@ -423,7 +424,7 @@ def load_checkpoint(run: _Run, folder: Path) -> None:
 # ---------------------------------------------------------------- inference folder
 
 
-def export_ema(run: _Run, folder: Path, dtype: torch.dtype) -> Path:
+def export_ema(run: TrainingRun, folder: Path, dtype: torch.dtype) -> Path:
     """The EMA weights as an inference folder (see `save_lvdm_folder`)."""
     with run.ema.applied_to(run.module) as net:
         return save_lvdm_folder(net, run.cfg, folder, dtype=dtype, step=run.step)
@@ -541,7 +542,7 @@ def validation_grid(batch: Mapping[str, Any], generated: torch.Tensor, vae: Any 
     return np.concatenate(rows, axis=1)
 
 
-def _validate(run: _Run, batch: Mapping[str, Any], out_dir: Path, tracker: Tracker, vae: Any) -> Path:
+def _validate(run: TrainingRun, batch: Mapping[str, Any], out_dir: Path, tracker: Tracker, vae: Any) -> Path:
     """Sample with the EMA weights (swapped in and back bit-exactly), write a GIF, log it."""
     from echo_core.data.video import write_video
 
@@ -576,7 +577,7 @@ def train_lvdm(cfg: LvdmTrainConfig, data_roots: Sequence[str | os.PathLike], ou
     folder), train_summary.json and ranks/rank-<r>.json (weight digests of every process)."""
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
-    run = _build_run(cfg, data_roots, text_encoder)
+    run = build_run(cfg, data_roots, text_encoder)
     checkpoint = _compatible(resolve_resume(out_dir / "checkpoints", resume), cfg, latest=resume == "latest")
     if checkpoint is not None:
         load_checkpoint(run, checkpoint)
@@ -591,13 +592,13 @@ def train_lvdm(cfg: LvdmTrainConfig, data_roots: Sequence[str | os.PathLike], ou
     return _finish(run, out_dir)
 
 
-def _train(run: _Run, out_dir: Path, tracker: Tracker, val_batch: Mapping[str, Any] | None, vae: Any) -> None:
+def _train(run: TrainingRun, out_dir: Path, tracker: Tracker, val_batch: Mapping[str, Any] | None, vae: Any) -> None:
     cfg = run.cfg
     max_steps = cfg.optim.max_steps
     steps = range(run.step, max_steps)
     run.net.train()
     for _ in progress(steps, desc="train lvdm") if run.is_main else steps:
-        metrics = _optimizer_step(run)
+        metrics = optimizer_step(run)
         run.step += 1
         run.history.add(metrics["train/loss"], metrics["train/lr"])
         if run.is_main and (run.step % cfg.log_every == 0 or run.step == max_steps):
@@ -608,7 +609,7 @@ def _train(run: _Run, out_dir: Path, tracker: Tracker, val_batch: Mapping[str, A
             save_checkpoint(run, out_dir / "checkpoints", tracker)
 
 
-def _finish(run: _Run, out_dir: Path) -> TrainResult:
+def _finish(run: TrainingRun, out_dir: Path) -> TrainResult:
     """Final EMA folder + summary (main), per-rank weight digests (all ranks)."""
     acc = run.accelerator
     folder = out_dir / FINAL_DIR

@@ -26,8 +26,9 @@ from echo_core.data.prepare import (
 )
 from echo_core.data.reference import ReferenceConfig, finalize_reference, plan_reference
 from echo_core.errors import DataError
+from echo_core.utils.shards import contiguous_shards
 from pipelines.flows.common import retry_transient_only
-from pipelines.ops.scaleout import runner_from_env
+from pipelines.ops.scaleout import runner_from_env, runner_settings
 
 
 @task(name="validate", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)
@@ -46,22 +47,29 @@ def validate_task(kind: str, root: str, out_dir: str, quarantine: bool, prepared
             "bad_rows": len(report.bad_rows)}
 
 
-@task(name="prepare-video", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient_only)
-def prepare_video_task(job, staging: str) -> dict[str, Any]:
-    return prepare_video(job, staging)
+# At most this many videos per task: at phantom scale a video costs ~0.1 s and a Prefect task run about as
+# much in bookkeeping, so one task per video spent half the time orchestrating (benchmarks/results/prepare.json).
+VIDEOS_PER_TASK = 8
+
+
+@task(name="prepare-videos", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient_only)
+def prepare_videos_task(jobs: list, staging: str) -> list[dict[str, Any]]:
+    """A few videos in a row (each resumable on its own: a retry skips the finished ones)."""
+    return [prepare_video(job, staging) for job in jobs]
 
 
 def _fan_out(jobs, staging: Path, label: str) -> list[dict[str, Any]]:
-    """Submit one task per video to the flow's bounded pool and report progress as an artifact."""
+    """Submit the videos in small contiguous groups to the flow's bounded pool; progress as an artifact."""
     logger = get_run_logger()
-    futures = [prepare_video_task.submit(job, str(staging)) for job in jobs]
+    workers = runner_settings()[1]  # at least two groups per worker keeps every worker busy to the end
+    groups = contiguous_shards(len(jobs), max(-(-len(jobs) // VIDEOS_PER_TASK), 2 * workers))
+    futures = [prepare_videos_task.submit([jobs[i] for i in group], str(staging)) for group in groups]
     artifact = create_progress_artifact(0.0, description=label)
     results = []
-    for i, future in enumerate(futures, start=1):
-        results.append(future.result())
-        update_progress_artifact(artifact, 100.0 * i / len(futures))
-        if i == len(futures) or i % max(1, len(futures) // 10) == 0:
-            logger.info("%s: %d/%d videos", label, i, len(futures))
+    for future in futures:
+        results.extend(future.result())
+        update_progress_artifact(artifact, 100.0 * len(results) / len(jobs))
+        logger.info("%s: %d/%d videos", label, len(results), len(jobs))
     return results
 
 
