@@ -399,7 +399,12 @@ def _download_atomic(uri: str, dst: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
-        os.replace(tmp, dst)
+        try:
+            os.replace(tmp, dst)
+        except OSError:
+            # another process (a parallel shard) finished the same download first: its copy is complete
+            if not (dst / "MLmodel").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -4,12 +4,20 @@ Speed: a background thread decodes videos ahead of the VAE; frames from several 
 one batch; `torch.inference_mode`; bf16 autocast + channels_last on CUDA only.
 
 Resume and byte-identical re-runs: frames form one stream (FileList order) cut into fixed batches of
-`batch_frames`. A re-run cuts the *same* batches (finished videos count with their stored length) and
-runs every batch that holds a frame of an unfinished video, re-decoding a finished neighbour when it shares
-such a batch. Each frame therefore always goes through the VAE in the same batch at the same position, so
-a killed-and-resumed run writes the same bytes as an uninterrupted one even where kernels are not
-batch-invariant (GPU). Stochastic mode draws its noise from a generator seeded by (seed, FileName).
-Each latent file is written atomically once all its frames are encoded; a kill leaves no partial file.
+`batch_frames`. A re-run with the same shard count (see below) cuts the *same* batches (finished videos
+count with their stored length) and runs every batch that holds a frame of an unfinished video,
+re-decoding a finished neighbour when it shares such a batch. Each frame therefore always goes through
+the VAE in the same batch at the same position, so a killed-and-resumed run writes the same bytes as an
+uninterrupted one even where kernels are not batch-invariant (GPU, and CPU too: a one-frame batch gives
+other bits). Stochastic mode draws its noise from a generator seeded by (seed, FileName). Each latent
+file is written atomically once all its frames are encoded; a kill leaves no partial file.
+
+Sharding (fan-out over task runners): `plan_shards` cuts the FileList rows into contiguous slices;
+`prepare_encode` runs once before (stale temp files), `encode_shard` once per slice (its own frame stream,
+batches and resume; no index, no temp cleanup, which could delete another shard's in-flight file), and
+`finalize_encode` once after (re-plans the whole dataset, merges the shards' failures, writes FileList +
+manifest, removes orphans). The shard count decides which frames share a batch, so the manifest records
+it. `encode_dataset` is that procedure with one shard.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +55,7 @@ from echo_core.tracking import NullTracker, Tracker
 from echo_core.utils.atomic import remove_stale_temps
 from echo_core.utils.hashing import sha256_file
 from echo_core.utils.progress import progress
+from echo_core.utils.shards import contiguous_shards
 
 log = logging.getLogger("echoforge.encode")
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -75,6 +84,7 @@ class EncodeReport:
     frames_encoded: int = 0
     seconds: float = 0.0
     manifest: dict[str, Any] = field(default_factory=dict)
+    latent_shape: list[int] = field(default_factory=list)  # (C, h, w) of one frame's latent
 
     @property
     def frames_per_second(self) -> float:
@@ -282,12 +292,13 @@ def source_hash(filelist_path: Path, videos: list[_Video]) -> str:
 
 
 def _manifest(dataset_dir: Path, videos: list[_Video], cfg: EncodeConfig, info: VaeInfo,
-              failed: dict[str, str], latent_shape: list[int]) -> dict[str, Any]:
+              failed: dict[str, str], latent_shape: list[int], shards: int) -> dict[str, Any]:
     kept = [v for v in videos if v.name not in failed]
     return {
         "vae": info.as_dict(), "mode": cfg.mode, "gray": cfg.gray, "dtype": cfg.dtype,
         "seed": cfg.seed if cfg.mode == "sample" else None,
-        "batch_frames": cfg.batch_frames,  # fixes which frames share a batch, hence the exact bits on GPU
+        # batch size and shard count fix which frames share a batch, hence the exact bits (GPU and CPU)
+        "batch_frames": cfg.batch_frames, "shards": shards,
         "pixel_normalisation": "x / 127.5 - 1",
         "latent_shape": latent_shape,
         "source": {"path": str(dataset_dir), "sha256": source_hash(dataset_dir / FILELIST, videos),
@@ -298,36 +309,96 @@ def _manifest(dataset_dir: Path, videos: list[_Video], cfg: EncodeConfig, info: 
     }
 
 
+def resolve_config(cfg: EncodeConfig | None, device: str | torch.device = "cpu") -> EncodeConfig:
+    """`cfg` with its device-dependent default filled in (batch_frames: 256 on CUDA, 32 on CPU)."""
+    cfg = cfg or EncodeConfig()
+    if cfg.batch_frames is None:
+        cfg = cfg.model_copy(update={"batch_frames": 256 if torch.device(device).type == "cuda" else 32})
+    return cfg
+
+
+def plan_shards(dataset_dir: str | os.PathLike, n_shards: int) -> list[range]:
+    """Contiguous FileList row slices, one per shard (at least one, so an empty FileList fails in the shard
+    with the sequential path's message). Not aligned to batches: each shard cuts its own frame stream."""
+    n_rows = len(read_filelist(Path(dataset_dir) / FILELIST))
+    return contiguous_shards(n_rows, n_shards) or [range(0, 0)]
+
+
+def prepare_encode(out_dir: str | os.PathLike) -> int:
+    """Once per store, before any shard: delete temp files a killed run left; returns how many."""
+    return remove_stale_temps(out_dir) if Path(out_dir).is_dir() else 0
+
+
+def encode_shard(vae, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, info: VaeInfo,
+                 cfg: EncodeConfig | None = None, rows: range | None = None, *, device: str | torch.device = "cpu",
+                 latent_size: int | None = 14) -> EncodeReport:
+    """Encode the FileList rows `rows` (default: all) into `out_dir`; resumable, each latent file atomic.
+
+    The slice is one frame stream of its own (see the module docstring). Writes neither FileList nor manifest
+    and removes no temp files: `prepare_encode` / `finalize_encode` do that once around all shards. Raises
+    WeightsError before any work when the VAE does not fit the data, DataError on the first bad video when
+    `cfg.fail_on_error` (otherwise bad videos are reported in `failed`).
+    """
+    cfg, device = resolve_config(cfg, device), torch.device(device)
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    df = read_filelist(dataset_dir / FILELIST)
+    rows = range(len(df)) if rows is None else rows
+    if rows.step != 1 or not 0 <= rows.start <= rows.stop <= len(df):
+        raise ValueError(f"rows {rows} is not a contiguous slice of the {len(df)} FileList rows")
+    resolution = _dataset_resolution(df, dataset_dir)
+    check_vae_matches(vae, resolution=resolution, latent_size=latent_size, where=f"VAE {info.uri or info.folder}")
+    vae = vae.to(device).eval()
+    if device.type == "cuda":
+        vae = vae.to(memory_format=torch.channels_last)
+    report = EncodeReport(out_dir, latent_shape=[vae.config.latent_channels,
+                                                 *(2 * [resolution // downsample_factor(vae)])])
+    videos = _plan_videos(dataset_dir, out_dir, df.iloc[rows.start : rows.stop], cfg, info)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        _run_stream(vae, videos, cfg, info, device, resolution, out_dir, report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def finalize_encode(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, info: VaeInfo,
+                    cfg: EncodeConfig | None = None, *, failed: Mapping[str, str], shards: int,
+                    latent_shape: list[int], device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Once, after every shard ended: write the store index and return the manifest.
+
+    Re-plans the whole dataset (hashes, finished latents), merges the shards' `failed` videos, checks every
+    kept video has its latents (else DataError: a shard did not finish), removes latents of excluded
+    videos and writes FileList.csv + manifest.json (manifest last: the completion mark).
+    """
+    cfg, dataset_dir, out_dir = resolve_config(cfg, device), Path(dataset_dir), Path(out_dir)
+    df = read_filelist(dataset_dir / FILELIST)
+    videos = _plan_videos(dataset_dir, out_dir, df, cfg, info)
+    failed = {**{v.name: v.error for v in videos if v.error is not None}, **failed}
+    missing = [v.name for v in videos if not v.done and v.name not in failed]
+    if missing:
+        raise DataError(f"{out_dir / LATENTS_DIR} lacks the latents of {len(missing)} video(s): "
+                        f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''} (a shard did not finish)",
+                        fix="re-run the encode; finished videos are skipped")
+    manifest = _manifest(dataset_dir, videos, cfg, info, failed, latent_shape, shards)
+    kept = df[~df["FileName"].astype(str).isin(failed)]
+    remove_orphans(out_dir, set(kept["FileName"].astype(str)))  # stale latents of now-failed videos
+    write_store_index(out_dir, kept, manifest)
+    return manifest
+
+
 def encode_dataset(vae, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, info: VaeInfo,
                    cfg: EncodeConfig | None = None, *, device: str | torch.device = "cpu",
                    tracker: Tracker | None = None, latent_size: int | None = 14) -> EncodeReport:
     """Encode every video of a prepared dataset into `out_dir` (latent store); resumable and idempotent.
 
-    Raises WeightsError before any work when the VAE does not fit the data, DataError on the first bad
-    video when `cfg.fail_on_error` (otherwise bad videos are excluded and listed in the manifest).
+    One shard over all rows between `prepare_encode` and `finalize_encode`. Raises WeightsError before any
+    work when the VAE does not fit the data, DataError on the first bad video when `cfg.fail_on_error`
+    (otherwise bad videos are excluded and listed in the manifest).
     """
-    cfg, tracker = cfg or EncodeConfig(), tracker or NullTracker()
-    dataset_dir, out_dir, device = Path(dataset_dir), Path(out_dir), torch.device(device)
-    if cfg.batch_frames is None:
-        cfg = cfg.model_copy(update={"batch_frames": 256 if device.type == "cuda" else 32})
-    df = read_filelist(dataset_dir / FILELIST)
-    resolution = _dataset_resolution(df, dataset_dir)
-    check_vae_matches(vae, resolution=resolution, latent_size=latent_size, where=f"VAE {info.uri or info.folder}")
-    remove_stale_temps(out_dir / LATENTS_DIR) if (out_dir / LATENTS_DIR).is_dir() else None
-    vae = vae.to(device).eval()
-    if device.type == "cuda":
-        vae = vae.to(memory_format=torch.channels_last)
-    report = EncodeReport(out_dir)
-    videos = _plan_videos(dataset_dir, out_dir, df, cfg, info)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        _run_stream(vae, videos, cfg, info, device, resolution, out_dir, report)
-    report.seconds = time.perf_counter() - start
-    latent_shape = [vae.config.latent_channels, *(2 * [resolution // downsample_factor(vae)])]
-    report.manifest = _manifest(dataset_dir, videos, cfg, info, report.failed, latent_shape)
-    kept = df[~df["FileName"].astype(str).isin(report.failed)]
-    remove_orphans(out_dir, set(kept["FileName"].astype(str)))  # stale latents of now-failed videos
-    write_store_index(out_dir, kept, report.manifest)
+    cfg, tracker = resolve_config(cfg, device), tracker or NullTracker()
+    prepare_encode(out_dir)
+    report = encode_shard(vae, dataset_dir, out_dir, info, cfg, device=device, latent_size=latent_size)
+    report.manifest = finalize_encode(dataset_dir, out_dir, info, cfg, failed=report.failed, shards=1,
+                                      latent_shape=report.latent_shape, device=device)
     tracker.log_metrics({"encode_frames_per_s": report.frames_per_second, "encode_videos": len(report.encoded),
                          "encode_skipped": len(report.skipped), "encode_failed": len(report.failed)})
     return report

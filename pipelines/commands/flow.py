@@ -26,11 +26,13 @@ def encode(
     dataset: list[str] | None = typer.Option(None, "--dataset", help="Dataset name from params.yaml (repeatable)."),
     params: str = typer.Option("params.yaml", "--params"),
     out_root: str = typer.Option("outputs", "--out-root", help="Reads <out-root>/prepared, writes /latents."),
+    shards: int | None = typer.Option(None, "--shards", min=1, help="Row shards per dataset, run on the task "
+                                      "runner ECHOFORGE_TASK_RUNNER names (default: its worker count, else 1)."),
 ) -> None:
-    """Encode prepared datasets with the registered VAE (resumable)."""
+    """Encode prepared datasets with the registered VAE (resumable), optionally in parallel shards."""
     from pipelines.flows.encode import encode as flow
 
-    typer.echo(json.dumps(flow(vae, dataset, params, out_root), indent=2))
+    typer.echo(json.dumps(flow(vae, dataset, params, out_root, shards), indent=2))
 
 
 def register(app: typer.Typer) -> None:
