@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,16 @@ from echo_core.metrics import protocol as P
 from echo_core.metrics.extractors import FeatureExtractor, Role, build_extractor
 from echo_core.metrics.frechet import frechet_distance_with_info
 from echo_core.metrics.scores import bootstrap_frechet, fid_infinity, inception_score, kid
+from echo_core.metrics.shards import (
+    ExtractionJob,
+    ExtractorSpec,
+    FeatureMap,
+    Item,
+    extract_batches,
+    shard_batches,
+)
 from echo_core.metrics.stats import FeatureStore, StreamingMoments
-from echo_core.utils.progress import progress
+from echo_core.utils.shards import contiguous_shards
 
 Kind = Literal["frechet_frames", "frechet_clips", "is", "kid", "fid_inf"]
 
@@ -139,23 +149,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-# ------------------------------------------------------------------------------------- extraction
-
-
-def _extract(items: Sequence[Any], load: Callable[[Any], np.ndarray], extractor: FeatureExtractor,
-             batch_size: int, keep: bool, desc: str, pool: ThreadPoolExecutor,
-             stack: contextlib.ExitStack) -> _Side:
-    """Stream `items` through `extractor` in batches: float64 moments always, raw features if `keep`."""
-    moments = StreamingMoments(extractor.dim)
-    store = stack.enter_context(FeatureStore(len(items), extractor.dim)) if keep else None
-    starts = range(0, len(items), batch_size)
-    for start in progress(starts, total=len(starts), desc=desc):
-        batch = np.stack(list(pool.map(load, items[start:start + batch_size])))
-        feats = extractor(batch)
-        moments.update(feats)
-        if store is not None:
-            store.append(feats)
-    return _Side(moments, store, len(items), P.plan_hash(items))
+# ----------------------------------------------------------------------------------------- scores
 
 
 def _frechet(real: _Side, fake: _Side, name: str, opts: MetricsOptions) -> tuple[dict[str, float], dict]:
@@ -227,16 +221,52 @@ class _Run:
     opts: MetricsOptions
     pool: ThreadPoolExecutor
     stack: contextlib.ExitStack
+    specs: dict[FeatureExtractor, ExtractorSpec]  # how a shard rebuilds each extractor elsewhere
+    scratch: Path | None = None
+    feature_map: FeatureMap | None = None
+    shards: int = 1
     values: dict[str, float] = field(default_factory=dict)
     per_metric: dict[str, dict] = field(default_factory=dict)
+    _shard_dir: Path | None = None
+    _extractions: int = 0
 
-    def frame_loader(self, root: Path) -> Callable[[str], np.ndarray]:
-        return lambda rel: P.read_frame(root / rel, self.opts.resolution)
+    def extract(self, ext: FeatureExtractor, root: Path, items: list[Item], selection: list[str] | list[P.Clip],
+                batch_size: int, keep: bool, desc: str) -> _Side:
+        """Stream `items` through `ext` in batches: float64 moments always, raw features if `keep`."""
+        moments = StreamingMoments(ext.dim)
+        store = self.stack.enter_context(FeatureStore(len(items), ext.dim, self.scratch)) if keep else None
+        for feats in self.feature_batches(ext, root, items, batch_size, desc):
+            moments.update(feats)
+            if store is not None:
+                store.append(feats)
+        return _Side(moments, store, len(items), P.plan_hash(selection))
 
-    def clip_loader(self, root: Path, videos: list[P.Video]) -> Callable[[P.Clip], np.ndarray]:
-        frames = {v.name: v.frames for v in videos}
-        return lambda clip: np.stack([P.read_frame(root / frames[clip.video][i], self.opts.resolution)
-                                      for i in clip.indices])
+    def feature_batches(self, ext: FeatureExtractor, root: Path, items: list[Item], batch_size: int,
+                        desc: str) -> Iterator[np.ndarray]:
+        """(B, dim) features per batch, in order: computed here, or read back from `feature_map`'s shards."""
+        if self.feature_map is None:
+            yield from extract_batches(ext, root, items, self.opts.resolution, batch_size, self.pool, desc)
+            return
+        jobs = self.shard_jobs(ext, root, items, batch_size, desc)
+        results = list(self.feature_map(jobs))
+        if len(results) != len(jobs):
+            raise ValueError(f"feature_map returned {len(results)} results for {len(jobs)} jobs")
+        for job, result in zip(jobs, results, strict=True):
+            yield from shard_batches(result, job, ext.dim)
+            Path(job.out).unlink(missing_ok=True)  # consumed; the store holds what is still needed
+
+    def shard_jobs(self, ext: FeatureExtractor, root: Path, items: list[Item], batch_size: int,
+                   desc: str) -> list[ExtractionJob]:
+        """Contiguous shards on batch boundaries: every batch is the one the in-process path would cut."""
+        if self._shard_dir is None:
+            self._shard_dir = Path(tempfile.mkdtemp(prefix=".metric-shards-", dir=self.scratch))
+            self.stack.callback(shutil.rmtree, self._shard_dir, ignore_errors=True)
+        self._extractions += 1
+        ranges = contiguous_shards(len(items), self.shards, align=batch_size)
+        return [ExtractionJob(self.specs[ext], str(root.absolute()), tuple(items[r.start:r.stop]), self.opts.resolution,
+                              batch_size, str(self._shard_dir / f"{self._extractions:03d}-{i:04d}.npy"),
+                              self.opts.decode_threads, f"{desc} {i + 1}/{len(ranges)}")
+                for i, r in enumerate(ranges)]
 
     def record(self, mdef: MetricDef, ext: FeatureExtractor, real: _Side | None, fake: _Side,
                need: dict[str, int], selection: str) -> None:
@@ -244,6 +274,12 @@ class _Run:
         values, extra = _score(mdef, name, real, fake, self.opts)
         self.values.update(values)
         self.per_metric[name] = {**_protocol(mdef, ext, real, fake, need, selection, self.opts), **extra}
+
+
+def clip_frames(plan: list[P.Clip], videos: list[P.Video]) -> list[tuple[str, ...]]:
+    """The frame paths (relative to the root) of every planned clip, in time order."""
+    frames = {v.name: v.frames for v in videos}
+    return [tuple(frames[clip.video][i] for i in clip.indices) for clip in plan]
 
 
 def _run_frames(run: _Run, metrics: list[tuple[MetricDef, FeatureExtractor]]) -> None:
@@ -258,12 +294,11 @@ def _run_frames(run: _Run, metrics: list[tuple[MetricDef, FeatureExtractor]]) ->
         boot = opts.bootstrap > 0 and any(m.kind == "frechet_frames" for m in mdefs)
         real = None
         if any(m.kind != "is" for m in mdefs):
-            real = _extract(real_paths, run.frame_loader(run.real_dir), ext, opts.batch_frames,
-                            keep=boot or any(m.kind == "kid" for m in mdefs), desc=f"{ext.name} real",
-                            pool=run.pool, stack=run.stack)
-        fake = _extract(fake_paths, run.frame_loader(run.fake_dir), ext, opts.batch_frames,
-                        keep=boot or any(m.kind in ("kid", "fid_inf", "is") for m in mdefs),
-                        desc=f"{ext.name} fake", pool=run.pool, stack=run.stack)
+            real = run.extract(ext, run.real_dir, real_paths, real_paths, opts.batch_frames,
+                               keep=boot or any(m.kind == "kid" for m in mdefs), desc=f"{ext.name} real")
+        fake = run.extract(ext, run.fake_dir, fake_paths, fake_paths, opts.batch_frames,
+                           keep=boot or any(m.kind in ("kid", "fid_inf", "is") for m in mdefs),
+                           desc=f"{ext.name} fake")
         for mdef in mdefs:
             need = {"fake": P.FID_FAKE_FRAMES, **({} if mdef.kind == "is" else {"real": 0})}
             run.record(mdef, ext, real, fake, need, FRAME_SELECTION)
@@ -282,28 +317,53 @@ def _run_clips(run: _Run, mdef: MetricDef, ext: FeatureExtractor, real_videos: l
     fake_plan = P.plan_fake_clips([(v.name, len(v.frames)) for v in fake_videos], mdef.n_frames, mdef.stride,
                                   P.FVD_CLIPS)
     keep = opts.bootstrap > 0
-    real = _extract(real_plan, run.clip_loader(run.real_dir, real_videos), ext, opts.batch_clips, keep,
-                    f"{ext.name} real {mdef.n_frames}f", run.pool, run.stack)
-    fake = _extract(fake_plan, run.clip_loader(run.fake_dir, fake_videos), ext, opts.batch_clips, keep,
-                    f"{ext.name} fake {mdef.n_frames}f", run.pool, run.stack)
+    real = run.extract(ext, run.real_dir, clip_frames(real_plan, real_videos), real_plan, opts.batch_clips,
+                       keep, f"{ext.name} real {mdef.n_frames}f")
+    fake = run.extract(ext, run.fake_dir, clip_frames(fake_plan, fake_videos), fake_plan, opts.batch_clips,
+                       keep, f"{ext.name} fake {mdef.n_frames}f")
     run.record(mdef, ext, real, fake, {"real": P.FVD_CLIPS, "fake": P.FVD_CLIPS}, _clip_selection(mdef, opts))
+
+
+def _absolute(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else str(Path(path).absolute())
+
+
+def _shard_weights_dir(ext: FeatureExtractor, weights_dir: str | os.PathLike | None) -> str | None:
+    """The folder holding the weights this process verified, so a shard elsewhere loads the same file."""
+    weights = getattr(ext, "weights", None)  # exact extractors only
+    if weights is not None and weights.path.name == weights.entry.filename:
+        return str(weights.path.parent.absolute())
+    return _absolute(weights_dir)
 
 
 def compute_metrics(real_dir: str | os.PathLike, fake_dir: str | os.PathLike, metrics: Sequence[str],
                     options: MetricsOptions | None = None, *, weights_dir: str | os.PathLike | None = None,
-                    manifest: str | os.PathLike | None = None) -> MetricsResult:
+                    manifest: str | os.PathLike | None = None, scratch: str | os.PathLike | None = None,
+                    feature_map: FeatureMap | None = None, shards: int = 1) -> MetricsResult:
     """Evaluate `metrics` (e.g. ["fid", "fvd16"] or ["fd_fallback"]) between two jpg trees.
 
-    Exact names need verified weights (WeightsError otherwise, before any work is done).
+    Exact names need verified weights (WeightsError otherwise, before any work is done). Temporary
+    feature files go under `scratch` (the system temp folder when None). With `feature_map`, every
+    extraction is cut into `shards` jobs that `feature_map` runs (e.g. as tasks on other workers; then
+    `scratch` must be a folder they share); the values are bitwise those of the in-process path.
     """
     opts = options or MetricsOptions()
     parsed = parse_metrics(metrics)
+    if shards < 1 or (shards > 1 and feature_map is None):
+        raise UsageError(f"shards={shards} needs shards >= 1 and, above 1, a feature_map to run them",
+                         fix="pass shards=1, or a feature_map (e.g. echo_core.metrics.shards.run_jobs_in_process)")
     extractors = {(m.role, exact): None for m, exact in parsed}
     for role, exact in extractors:  # all weights are checked up front: fail fast, not after an hour
         extractors[(role, exact)] = build_extractor(role, exact, weights_dir=weights_dir, manifest=manifest,
                                                     device=opts.device)
+    # absolute paths: a shard may run in a process with another working folder and environment
+    specs = {ext: ExtractorSpec(role, exact, _shard_weights_dir(ext, weights_dir), _absolute(manifest), opts.device)
+             for (role, exact), ext in extractors.items()}
+    if scratch is not None:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(opts.decode_threads) as pool:
-        run = _Run(Path(real_dir), Path(fake_dir), opts, pool, stack)
+        run = _Run(Path(real_dir), Path(fake_dir), opts, pool, stack, specs,
+                   None if scratch is None else Path(scratch), feature_map, shards)
         frame_metrics = [(m, extractors[(m.role, ex)]) for m, ex in parsed if m.kind != "frechet_clips"]
         if frame_metrics:
             _run_frames(run, frame_metrics)

@@ -4,13 +4,18 @@ The plan (seed, condition and conditioning file of every sample) is a pure funct
 conditioning folder, so a re-run after a crash regenerates exactly the missing samples and skips the rest
 (a sample counts as done when all its requested outputs exist; each is renamed into place complete).
 A folder made with different sampling parameters is refused rather than silently mixed.
+
+Scale-out: `generate_samples` = `start_generation` (once: stale temps, resume check, "running" record)
+→ `generate_shard` over the whole plan → `finish_generation` (once: FileList.csv, "complete" record).
+A flow fans the middle step out over `shard_ranges` (contiguous plan ranges cut between batches); each shard
+writes only its own samples. The plan needs the model's config, not its weights (`read_model_config`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +26,7 @@ import torch
 from pydantic import Field, field_validator
 
 from echo_core.data.filelist import write_filelist
-from echo_core.errors import UsageError
+from echo_core.errors import DataError, UsageError
 from echo_core.sampling.conditions import (
     ConditionsConfig,
     FrameRef,
@@ -31,10 +36,12 @@ from echo_core.sampling.conditions import (
     load_latent_frame,
     plan_samples,
 )
-from echo_core.sampling.pipeline import LvdmPipeline, SamplerOptions, check_spec
+from echo_core.sampling.pipeline import LvdmPipeline, SamplerOptions, check_lvdm_folder, check_spec
 from echo_core.sampling.writers import describe_sample, is_done, parse_formats, write_sample
+from echo_core.training.loop import LVDM_CONFIG_FILE, LvdmTrainConfig
 from echo_core.utils.atomic import remove_stale_temps, write_json_atomic
 from echo_core.utils.hashing import config_hash
+from echo_core.utils.shards import contiguous_shards
 
 PARAMS_FILE = "generation_params.json"
 FILELIST_FILE = "FileList.csv"
@@ -115,11 +122,112 @@ def _params_record(cfg: SampleConfig, model: dict[str, Any], frames: list[FrameR
             "samples": [{"name": p.name, "seed": p.seed, "cond": p.spec.kind_value()} for p in plans]}
 
 
-def _check_resume(out: Path, record: dict[str, Any]) -> None:
+def _recorded_hash(out: Path) -> str | None:
+    """The plan hash `out` records ("" for a record without one); None when there is no record yet."""
     path = out / PARAMS_FILE
-    if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("plan_hash") != record["plan_hash"]:
+    return json.loads(path.read_text(encoding="utf-8")).get("plan_hash", "") if path.is_file() else None
+
+
+def _check_resume(out: Path, record: dict[str, Any]) -> None:
+    recorded = _recorded_hash(out)
+    if recorded is not None and recorded != record["plan_hash"]:
         raise UsageError(f"{out} holds samples made with different parameters, model or conditioning "
-                         f"(see {path})", fix="use a new --out folder, or delete the old one")
+                         f"(see {out / PARAMS_FILE})", fix="use a new --out folder, or delete the old one")
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One generation without its weights: the ordered plan, where it is written and what is recorded.
+
+    A pure function of (model config, sampling config, conditioning files), so the start step, every shard
+    and the finish step rebuild the same job independently (a shard may run on another machine)."""
+
+    out: Path
+    cfg: SampleConfig
+    plans: list[SamplePlan]
+    record: dict[str, Any]  # generation_params.json without its status
+    fps: float
+
+
+def read_model_config(folder: str | os.PathLike) -> LvdmTrainConfig:
+    """The bundle's training config (lvdm_config.json): all a plan needs, without loading any weights."""
+    meta = json.loads((check_lvdm_folder(folder) / LVDM_CONFIG_FILE).read_text(encoding="utf-8"))
+    return LvdmTrainConfig.model_validate(meta["train"])
+
+
+def plan_generation(model_cfg: LvdmTrainConfig, cfg: SampleConfig, out: str | os.PathLike, *,
+                    conditioning: str | os.PathLike | None = None,
+                    model: dict[str, Any] | None = None) -> GenerationJob:
+    """Plan every sample (seed, condition, conditioning file); every condition is checked against the model
+    before any compute is spent. `model` ({"id": ...}) is recorded and part of the resume check."""
+    frames = list_frame_sources(conditioning) if conditioning else None
+    plans = plan_samples(cfg.num_samples, cfg.seed, cfg.conditions, frames, model_cfg.conditioning.num_classes)
+    for plan in plans:
+        check_spec(plan.spec, model_cfg.conditioning, where=plan.name)
+    fps = float(cfg.fps or model_cfg.dataset.target_fps)
+    return GenerationJob(Path(out), cfg, plans, _params_record(cfg, model or {}, frames, plans, fps), fps)
+
+
+def missing_samples(job: GenerationJob, indices: Sequence[int] | None = None) -> list[int]:
+    """Plan indices (of `indices`, default all) whose requested outputs are not all written yet."""
+    indices = range(len(job.plans)) if indices is None else indices
+    return [i for i in indices if not is_done(job.out, job.plans[i].name, job.cfg.formats)]
+
+
+def start_generation(job: GenerationJob) -> list[int]:
+    """Once per run, before any shard: drop temp files of a killed run, refuse a folder made with another
+    plan, record "running". Returns the plan indices still to generate."""
+    job.out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(job.out)
+    _check_resume(job.out, job.record)
+    write_json_atomic(job.out / PARAMS_FILE, {**job.record, "status": "running"})
+    return missing_samples(job)
+
+
+def shard_ranges(job: GenerationJob, todo: Sequence[int], n_shards: int) -> list[range]:
+    """Contiguous plan-index ranges, one per shard, cut between the batches the sequential run makes of
+    `todo` (so every sample is generated in the same batch, hence bit-identical). Done samples inside a
+    range are skipped by its shard; [] when nothing is left to do."""
+    cuts = contiguous_shards(len(todo), n_shards, align=job.cfg.batch_size)
+    return [range(todo[cut.start], todo[cut.stop - 1] + 1) for cut in cuts]
+
+
+def generate_shard(pipe: LvdmPipeline, job: GenerationJob, indices: range, *,
+                   default_frame: np.ndarray | None = None,
+                   on_batch: Callable[[int, int], None] | None = None) -> int:
+    """Generate the missing samples of plan indices `indices` in batches of cfg.batch_size; writes only
+    those samples' files (each atomically), never the FileList, the record or other temp files.
+    Returns how many were generated. on_batch(done, todo) reports progress."""
+    if _recorded_hash(job.out) != job.record["plan_hash"]:
+        raise UsageError(f"{job.out / PARAMS_FILE} does not record this plan",
+                         fix="run start_generation first (parameters, model or conditioning changed?)")
+    todo = [job.plans[i] for i in missing_samples(job, indices)]
+    opts, size = job.cfg.sampler_options(), job.cfg.batch_size
+    for start in range(0, len(todo), size):
+        batch = todo[start:start + size]
+        cond = load_cond_frames(pipe, batch, job.cfg.cond_frame, default_frame)
+        videos, latents = pipe.generate(cond, [p.spec for p in batch], [p.seed for p in batch], opts)
+        for plan, video, latent in zip(batch, videos, latents, strict=True):
+            write_sample(job.out, plan.name, video, job.cfg.formats, job.fps, latents=latent,
+                         meta={"seed": str(plan.seed), "cond": json.dumps(plan.spec.kind_value())})
+        if on_batch is not None:
+            on_batch(start + len(batch), len(todo))
+    return len(todo)
+
+
+def finish_generation(job: GenerationJob, generated: int) -> GenerationReport:
+    """Once per run, after every shard: FileList.csv (read back from the written files) and the "complete"
+    record. `generated` = what this run's shards generated (the rest counts as skipped)."""
+    left = missing_samples(job)
+    if left:
+        names = ", ".join(job.plans[i].name for i in left[:5])
+        raise DataError(f"{len(left)} sample(s) of {job.out} are not written yet ({names}...)",
+                        fix="re-run the sampling: it generates only the missing samples")
+    rows = [_filelist_row(p, describe_sample(job.out, p.name, job.cfg.formats, job.fps)) for p in job.plans]
+    df = pd.DataFrame(rows).astype({"class_id": "Int64"})
+    write_filelist(df, job.out / FILELIST_FILE)
+    write_json_atomic(job.out / PARAMS_FILE, {**job.record, "status": "complete"})
+    return GenerationReport(job.out, generated, len(job.plans) - generated, job.fps)
 
 
 def generate_samples(pipe: LvdmPipeline, cfg: SampleConfig, out: str | os.PathLike, *,
@@ -127,31 +235,9 @@ def generate_samples(pipe: LvdmPipeline, cfg: SampleConfig, out: str | os.PathLi
                      default_frame: np.ndarray | None = None,
                      on_batch: Callable[[int, int], None] | None = None) -> GenerationReport:
     """Generate cfg.num_samples videos into `out`; finished samples are skipped. `model` ({"id": ...}) is
-    recorded (and part of the resume check). on_batch(done, todo) reports progress."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    frames = list_frame_sources(conditioning) if conditioning else None
-    plans = plan_samples(cfg.num_samples, cfg.seed, cfg.conditions, frames, pipe.config.conditioning.num_classes)
-    for plan in plans:  # every condition is checked before any compute is spent
-        check_spec(plan.spec, pipe.config.conditioning, where=plan.name)
-    fps = float(cfg.fps or pipe.fps)
-    record = _params_record(cfg, model or {}, frames, plans, fps)
-    _check_resume(out, record)
-    write_json_atomic(out / PARAMS_FILE, {**record, "status": "running"})
-    todo = [p for p in plans if not is_done(out, p.name, cfg.formats)]
-    opts = cfg.sampler_options()
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
-        cond = load_cond_frames(pipe, batch, cfg.cond_frame, default_frame)
-        videos, latents = pipe.generate(cond, [p.spec for p in batch], [p.seed for p in batch], opts)
-        for plan, video, latent in zip(batch, videos, latents, strict=True):
-            write_sample(out, plan.name, video, cfg.formats, fps, latents=latent,
-                         meta={"seed": str(plan.seed), "cond": json.dumps(plan.spec.kind_value())})
-        if on_batch is not None:
-            on_batch(start + len(batch), len(todo))
-    rows = [_filelist_row(p, describe_sample(out, p.name, cfg.formats, fps)) for p in plans]
-    df = pd.DataFrame(rows).astype({"class_id": "Int64"})
-    write_filelist(df, out / FILELIST_FILE)
-    write_json_atomic(out / PARAMS_FILE, {**record, "status": "complete"})
-    return GenerationReport(out, len(todo), len(plans) - len(todo), fps)
+    recorded (and part of the resume check). on_batch(done, todo) reports progress.
+    = start + one shard over the whole plan + finish (the flow fans the middle out)."""
+    job = plan_generation(pipe.config, cfg, out, conditioning=conditioning, model=model)
+    start_generation(job)
+    generated = generate_shard(pipe, job, range(len(job.plans)), default_frame=default_frame, on_batch=on_batch)
+    return finish_generation(job, generated)

@@ -49,6 +49,8 @@ from echo_core.metrics.api import METRICS, RESULT_NAMES, MetricsConfig
 from echo_core.sampling.conditions import ConditionsConfig
 from echo_core.utils.atomic import write_json_atomic
 from pipelines.flows.common import retry_transient_only
+from pipelines.flows.metric_shards import features_on_task_runner
+from pipelines.ops.scaleout import runner_from_env, shard_count
 
 EXPERIMENT = "echo-evaluate"
 METRIC_TAG = "metric."
@@ -288,7 +290,14 @@ def reference_halves(reference: Path, into: Path, seed: int) -> tuple[Path, Path
     return video_tree(reference, into / "a", order[:half]), video_tree(reference, into / "b", order[half:])
 
 
-def frechet_ratios(reference: Path, fake: Path, cfg: EvaluateConfig, options, scratch: Path) -> dict[str, Any]:
+def metric_execution(scratch: Path, shards: int = 1) -> dict[str, Any]:
+    """compute_metrics' scratch and fan-out keywords: with shards > 1, feature extraction runs as `extract-features`
+    tasks on the flow's task runner (scratch is in the output tree, which the workers share)."""
+    return {"scratch": scratch, "feature_map": features_on_task_runner if shards > 1 else None, "shards": shards}
+
+
+def frechet_ratios(reference: Path, fake: Path, cfg: EvaluateConfig, options, scratch: Path,
+                   shards: int = 1) -> dict[str, Any]:
     """{"values": {<name>_ratio, <name>_real_baseline}, "baseline": protocol} for the requested Fréchet metrics."""
     from echo_core.metrics.api import compute_metrics
 
@@ -302,8 +311,8 @@ def frechet_ratios(reference: Path, fake: Path, cfg: EvaluateConfig, options, sc
             _info(f"{reference}: fewer than 4 reference videos, no real-vs-real baseline")
             return {"values": {}, "baseline": None}
         real_a, real_b = halves
-        fake_a = compute_metrics(real_a, fake, names, options)
-        real_ba = compute_metrics(real_a, real_b, names, options)
+        fake_a = compute_metrics(real_a, fake, names, options, **metric_execution(scratch, shards))
+        real_ba = compute_metrics(real_a, real_b, names, options, **metric_execution(scratch, shards))
     values = {}
     for name in names:
         values[f"{name}_real_baseline"] = real_ba.values[name]
@@ -320,8 +329,9 @@ def _ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline > 0 and math.isfinite(baseline) else math.nan
 
 
-def dataset_metrics(plan: DatasetPlan, cfg: EvaluateConfig) -> dict[str, Any]:
-    """{"values": flat metrics, "protocol", "baseline"} between the reference set and the samples' jpg tree."""
+def dataset_metrics(plan: DatasetPlan, cfg: EvaluateConfig, shards: int = 1) -> dict[str, Any]:
+    """{"values": flat metrics, "protocol", "baseline"} between the reference set and the samples' jpg tree;
+    `shards` > 1 fans feature extraction out over the flow's task runner (same values)."""
     from echo_core.metrics.api import MetricsOptions, compute_metrics
 
     options = MetricsOptions(**cfg.metrics.model_dump(exclude={"metrics"}))
@@ -329,8 +339,8 @@ def dataset_metrics(plan: DatasetPlan, cfg: EvaluateConfig) -> dict[str, Any]:
     plan.samples.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".reference-", dir=plan.samples.parent) as tmp:
         result = compute_metrics(video_tree(plan.reference, Path(tmp) / plan.name), fake, cfg.metrics.metrics,
-                                 options)
-    ratios = frechet_ratios(plan.reference, fake, cfg, options, plan.samples.parent)
+                                 options, **metric_execution(plan.samples.parent, shards))
+    ratios = frechet_ratios(plan.reference, fake, cfg, options, plan.samples.parent, shards)
     return {"values": {**result.values, **ratios["values"]}, "protocol": result.protocol,
             "baseline": ratios["baseline"]}
 
@@ -479,8 +489,10 @@ def _direct(fn: Callable) -> Callable:
 
 def run_evaluation(model: str = "echo-lvdm", version: str = "candidate", datasets: list[str] | None = None,
                    params_path: str = "params.yaml", out_root: str = "outputs", metrics_dir: str = "metrics",
-                   vae: str | None = None, *, step: Callable[[Callable], Callable] = _direct) -> dict[str, Any]:
-    """The whole evaluation (module docstring). `step` wraps each unit of work (the flow makes them tasks)."""
+                   vae: str | None = None, *, step: Callable[[Callable], Callable] = _direct,
+                   shards: int = 1) -> dict[str, Any]:
+    """The whole evaluation (module docstring). `step` wraps each unit of work (the flow makes them tasks);
+    `shards` > 1 (inside a flow only) fans metric feature extraction out over the flow's task runner."""
     from pipelines.tracking import git_commit, start_run
 
     cfg, down_cfg, sample_section = load_configs(params_path)
@@ -497,7 +509,7 @@ def run_evaluation(model: str = "echo-lvdm", version: str = "candidate", dataset
             sample_cfg = sample_config(sample_section, cfg, plan.condition)
             tracker.log_params({plan.name: {"sample": sample_cfg.model_dump(mode="json"), "condition": plan.condition}})
             sampled = step(sample_dataset)(plan, target, sample_cfg)
-            measured = step(dataset_metrics)(plan, cfg)
+            measured = step(dataset_metrics)(plan, cfg, shards)
             downstream = step(dataset_downstream)(plan, down_cfg, cfg.torch_threads,
                                                   PrefixedTracker(tracker, plan.name))
             per_dataset[plan.name] = {**measured["values"], **downstream["values"]}
@@ -551,13 +563,14 @@ TASKS: dict[Callable, Callable] = {
 }
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, task_runner=runner_from_env("thread", workers=2))
 def evaluate(model: str = "echo-lvdm", version: str = "candidate", datasets: list[str] | None = None,
              params_path: str = "params.yaml", out_root: str = "outputs", metrics_dir: str = "metrics",
-             vae: str | None = None) -> dict[str, Any]:
-    """Sample, measure and track one registered model version (see the module docstring)."""
+             vae: str | None = None, shards: int | None = None) -> dict[str, Any]:
+    """Sample, measure and track one registered model version (see the module docstring). `shards`: metric
+    feature extraction cut into that many tasks on the flow's task runner (None: pipelines.ops.scaleout)."""
     return run_evaluation(model, str(version), datasets, params_path, out_root, metrics_dir, vae,
-                          step=TASKS.__getitem__)
+                          step=TASKS.__getitem__, shards=shard_count(shards))
 
 
 def main() -> None:
@@ -569,8 +582,10 @@ def main() -> None:
     parser.add_argument("--out-root", default="outputs")
     parser.add_argument("--metrics-dir", default="metrics")
     parser.add_argument("--vae", default=None)
+    parser.add_argument("--shards", type=int, default=None, help="metric feature-extraction shards")
     args = parser.parse_args()
-    result = evaluate(args.model, args.version, args.dataset, args.params, args.out_root, args.metrics_dir, args.vae)
+    result = evaluate(args.model, args.version, args.dataset, args.params, args.out_root, args.metrics_dir, args.vae,
+                      args.shards)
     print(json.dumps(result, indent=2))
 
 
