@@ -59,7 +59,7 @@ class LatentMeta:
                    vae_sha256=meta.get("vae_sha256", ""), seed=int(seed) if seed else None)
 
 
-def _canonical_safetensors(blob: bytes) -> bytes:
+def canonical_safetensors(blob: bytes) -> bytes:
     """Re-serialise the header with sorted keys: safetensors writes its metadata map in random (Rust
     HashMap) order, so identical tensors would otherwise give different bytes on every write."""
     size = int.from_bytes(blob[:8], "little")
@@ -77,7 +77,7 @@ def write_latents(path: str | os.PathLike, latents: torch.Tensor, meta: LatentMe
         raise ValueError(f"latents must be (T, C, h, w), got shape {tuple(latents.shape)}")
     blob = save({LATENT_KEY: latents.detach().to("cpu", dtype).contiguous()}, metadata=meta.to_strings())
     with atomic_path(path) as tmp:
-        tmp.write_bytes(_canonical_safetensors(blob))
+        tmp.write_bytes(canonical_safetensors(blob))
     return Path(path)
 
 

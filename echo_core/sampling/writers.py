@@ -58,13 +58,16 @@ def write_png_tree(folder: Path, frames: np.ndarray) -> Path:
 
 
 def write_safetensors(path: Path, frames: np.ndarray, latents: torch.Tensor | None, meta: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
+    """Atomically write frames (+ latents) with string metadata; the same sample gives the same bytes."""
+    from safetensors.torch import save
+
+    from echo_core.data.latent_store import canonical_safetensors
 
     tensors = {"frames": torch.from_numpy(np.ascontiguousarray(frames))}
     if latents is not None:
         tensors["latents"] = latents.detach().to("cpu", torch.float16).contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        tmp.write_bytes(canonical_safetensors(save(tensors, metadata=meta)))
     return path
 
 

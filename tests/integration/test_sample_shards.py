@@ -9,7 +9,6 @@ The tiny model is registered once per module in a private MLflow sqlite store (`
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -30,18 +29,8 @@ SAMPLE = {"num_samples": 4, "batch_size": 2, "seed": 3, "sampler": "ddim", "step
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of the bytes; for safetensors of the content (tensors' exact bytes + metadata): safetensors
-    writes its metadata map in hash order, so two writes of the same sample differ only in that order."""
-    if path.suffix != ".safetensors":
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    from safetensors import safe_open
-
-    digest = hashlib.sha256()
-    with safe_open(str(path), framework="np") as f:
-        digest.update(json.dumps(f.metadata(), sort_keys=True).encode())
-        for key in sorted(f.keys()):
-            digest.update(key.encode() + f.get_tensor(key).tobytes())
-    return digest.hexdigest()
+    """sha256 of the bytes (safetensors are written with a canonical header: same sample, same bytes)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

@@ -102,6 +102,8 @@ def test_same_seed_same_video_and_default_frame(pipe, bundle, tmp_path):
 
     fa, fb = (load_file(str(r.out / "safetensors" / "sample_000000.safetensors"))["frames"] for r in (a, b))
     assert torch.equal(fa, fb) and fa.shape == (5, 112, 112)
+    files = [r.out / "safetensors" / "sample_000000.safetensors" for r in (a, b)]
+    assert files[0].read_bytes() == files[1].read_bytes()  # metadata header written in canonical order
 
 
 def test_conditioning_sources(tmp_path):
