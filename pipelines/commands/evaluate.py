@@ -77,14 +77,17 @@ def sample(model: ModelOpt = "echo-lvdm", version: VersionOpt = "candidate", dat
 
 def run(model: ModelOpt = "echo-lvdm", version: VersionOpt = "candidate", dataset: DatasetOpt = None,
         params: ParamsOpt = Path("params.yaml"), out_root: OutRootOpt = "outputs",
-        metrics_dir: MetricsDirOpt = "metrics", vae: VaeOpt = None) -> None:
+        metrics_dir: MetricsDirOpt = "metrics", vae: VaeOpt = None,
+        shards: int | None = typer.Option(None, "--shards", min=1, help="Feature-extraction shards per metric "
+                                          "side on ECHOFORGE_TASK_RUNNER's runner (default: its workers, else 1).")
+        ) -> None:
     """Evaluate a registered version (Prefect flow `evaluate`): samples, metrics, downstream, MLflow, tags."""
     from pipelines.flows.evaluate import evaluate, load_configs
     from pipelines.tracking import get_model_version
 
     load_configs(params)  # the usual user errors (params, version) fail here in one line, before Prefect starts
     version = str(get_model_version(model, version).version)
-    result = evaluate(model, version, dataset, str(params), out_root, metrics_dir, vae)
+    result = evaluate(model, version, dataset, str(params), out_root, metrics_dir, vae, shards)
     typer.echo(json.dumps(result["metrics"], indent=2, sort_keys=True))
     typer.echo(f"{result['model']} version {result['version']}: MLflow run {result['run_id']}; "
                f"gate: echoforge registry promote --model {result['model']} --version {result['version']}")

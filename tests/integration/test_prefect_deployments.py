@@ -26,7 +26,7 @@ from helpers_servers import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-DEPLOYMENTS = {"preprocess/phantom", "preprocess/dask", "encode/phantom", "train/lvdm", "sample/champion",
+DEPLOYMENTS = {"preprocess/phantom", "preprocess/dask", "encode/phantom", "encode/dask", "train/lvdm", "sample/champion",
                "evaluate/candidate", "end_to_end/phantom"}
 
 
