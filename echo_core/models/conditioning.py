@@ -39,6 +39,7 @@ from torch import nn
 
 from echo_core.config import StrictModel
 from echo_core.errors import DataError, WeightsError
+from echo_core.models.loading import load_pretrained
 
 NULL_EF_SCALAR = -1.0
 MISSING_CLASS_ID = -1
@@ -147,8 +148,8 @@ def load_text_encoder(path: str | None = None, *, max_length: int = 32) -> Froze
     model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
     model_cls = CLIPTextModel if model_type == "clip" else AutoModel
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = model_cls.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = load_pretrained(AutoTokenizer, str(folder), local_files_only=True)
+        model = load_pretrained(model_cls, str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"cannot load text encoder from {folder}: {exc}", fix=fix) from None
     return FrozenTextEncoder(tokenizer, model, max_length=max_length, source=str(folder))

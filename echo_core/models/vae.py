@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from echo_core.errors import WeightsError
+from echo_core.models.loading import load_pretrained
 from echo_core.utils.hashing import config_hash, sha256_file
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def load_vae(folder: str | os.PathLike, *, uri: str | None = None,
 
     config = verify_vae_folder(folder)
     try:
-        vae = AutoencoderKL.from_pretrained(folder)
+        vae = load_pretrained(AutoencoderKL, folder)
     except Exception as exc:  # a state-dict / config mismatch inside diffusers: name the folder
         raise WeightsError(f"cannot load the VAE in {folder}: {exc}",
                            fix="check config.json matches the weights file") from None

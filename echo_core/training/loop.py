@@ -55,6 +55,7 @@ from echo_core.models.conditioning import (
     apply_frame_dropout,
     sample_dropout_masks,
 )
+from echo_core.models.loading import load_pretrained
 from echo_core.models.unet import LatentVideoDenoiser, UNetConfig, build_denoiser
 from echo_core.tracking import NullTracker, Tracker
 from echo_core.training.checkpoint import checkpoint_writer, prune_checkpoints, resolve_resume
@@ -464,7 +465,7 @@ def load_lvdm_folder(folder: str | os.PathLike,
     folder = Path(folder)
     meta = json.loads((folder / LVDM_CONFIG_FILE).read_text(encoding="utf-8"))
     cfg = LvdmTrainConfig.model_validate(meta["train"])
-    unet = UNetSpatioTemporalConditionModel.from_pretrained(folder).float()
+    unet = load_pretrained(UNetSpatioTemporalConditionModel, folder).float()
     denoiser = LatentVideoDenoiser(unet, added_time_ids=cfg.model.added_time_ids,
                                    motion_bucket=cfg.model.motion_bucket)
     conditioner = ConditionEncoder(cfg.conditioning, text_encoder)

@@ -78,3 +78,22 @@ def test_workers_send_heartbeats_every_30_s_unless_told_otherwise():
 
     assert worker_env({})[HEARTBEAT_ENV] == "30"
     assert worker_env({HEARTBEAT_ENV: "60"})[HEARTBEAT_ENV] == "60"
+
+
+def test_concurrent_model_loads_in_threads_leave_torch_on_real_devices(tmp_path):
+    """Shards on a thread runner load models at the same time; accelerate's init_empty_weights patch (made
+    by from_pretrained) must not stay behind, or every later module is built on the meta device."""
+    import threading
+
+    import torch
+
+    from echo_core.models.vae import build_vae, load_vae
+
+    build_vae("tiny").save_pretrained(tmp_path / "vae")
+    for _ in range(3):
+        threads = [threading.Thread(target=load_vae, args=(tmp_path / "vae",)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
