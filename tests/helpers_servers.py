@@ -167,6 +167,49 @@ def prefect_client(server: PrefectServer) -> Iterator[Any]:
         yield client
 
 
+@dataclass
+class DaskStack:
+    """A 2-worker LocalCluster behind a real Prefect server: `runner` for `flow.with_options(task_runner=…)`."""
+
+    runner: Any
+    address: str
+    stream: Any  # distributed TaskStreamPlugin on the scheduler
+
+    def workers(self, key_part: str = "") -> set[str]:
+        """Worker addresses that ran a task whose key contains `key_part`."""
+        return {event["worker"] for event in self.stream.buffer if key_part in str(event["key"])}
+
+
+@contextlib.contextmanager
+def dask_behind_prefect(home: Path, monkeypatch, worker_env: Mapping[str, str] | None = None,
+                        ) -> Iterator[DaskStack]:
+    """A real `prefect server` and a real dask.distributed LocalCluster (2 worker processes, 1 thread each)
+    whose workers report task states to it; the body runs with PREFECT_API_URL set. Everything is stopped
+    on exit, after Prefect's event/log workers are drained."""
+    from distributed import LocalCluster
+    from distributed.diagnostics.task_stream import TaskStreamPlugin
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.flows.common import task_runner
+
+    procs, cluster = Processes(), None
+    try:
+        server = start_prefect_server(procs, home)
+        monkeypatch.setenv("PREFECT_API_URL", server.api_url)  # worker processes inherit the environment
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, env=dict(worker_env or {}))
+        stream = TaskStreamPlugin(cluster.scheduler)
+        cluster.scheduler.add_plugin(stream)
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield DaskStack(task_runner("dask", address=cluster.scheduler_address), cluster.scheduler_address,
+                            stream)
+            drain_prefect_workers()
+    finally:
+        if cluster is not None:
+            cluster.close(timeout=30)
+        procs.stop_all()
+
+
 def write_project(root: Path, num_videos: int = 3, seed: int = 3) -> Path:
     """A tiny phantom EchoNet-Dynamic set and a params.yaml pointing at it (absolute paths); returns params."""
     generate_dataset("dynamic", root / "raw" / "dynamic", num_videos=num_videos, seed=seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers_servers import Processes, drain_prefect_workers, start_prefect_server
+from helpers_servers import dask_behind_prefect
 
 from echo_core.data.phantom.datasets import generate_dataset
 from echo_core.data.prepare import prepare_dataset
@@ -35,35 +35,14 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_dask_fanout_matches_the_sequential_path(project: Path, monkeypatch):
-    from distributed import LocalCluster
-    from distributed.diagnostics.task_stream import TaskStreamPlugin
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from pipelines.flows.common import task_runner
     from pipelines.flows.preprocess import preprocess
 
-    procs = Processes()
-    cluster = None
-    try:
-        server = start_prefect_server(procs, project / "prefect-home")
-        # Dask worker processes inherit the environment: they report task states to the same server.
-        monkeypatch.setenv("PREFECT_API_URL", server.api_url)
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
-        stream = TaskStreamPlugin(cluster.scheduler)
-        cluster.scheduler.add_plugin(stream)
+    with dask_behind_prefect(project / "prefect-home", monkeypatch) as dask:
         # the address a deployment passes in ECHOFORGE_DASK_ADDRESS selects the same runner
-        assert runner_settings({"ECHOFORGE_DASK_ADDRESS": cluster.scheduler_address}) == (
-            "dask", 2, cluster.scheduler_address)
-        flow = preprocess.with_options(task_runner=task_runner("dask", address=cluster.scheduler_address))
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            done = flow(params_path=str(project / "params.yaml"), out_root=str(project / "outputs"))
-            drain_prefect_workers()
-        workers = {event["worker"] for event in stream.buffer}
-    finally:
-        if cluster is not None:
-            cluster.close(timeout=30)
-        procs.stop_all()
+        assert runner_settings({"ECHOFORGE_DASK_ADDRESS": dask.address}) == ("dask", 2, dask.address)
+        done = preprocess.with_options(task_runner=dask.runner)(params_path=str(project / "params.yaml"),
+                                                                 out_root=str(project / "outputs"))
+    workers = dask.workers()
 
     assert len(workers) == 2  # both worker processes ran per-video tasks
     prepared, reference = Path(done["dynamic"]["prepared"]), Path(done["dynamic"]["reference"])

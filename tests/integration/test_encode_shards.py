@@ -138,32 +138,16 @@ class TestThreadRunner:
 
 @pytest.mark.slow
 def test_dask_local_cluster_shards_equal_the_sequential_shards(vae_folder, tmp_path, monkeypatch):
-    from distributed import LocalCluster
-    from distributed.diagnostics.task_stream import TaskStreamPlugin
-    from helpers_servers import Processes, drain_prefect_workers, start_prefect_server
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from helpers_servers import dask_behind_prefect
 
-    from pipelines.flows.common import task_runner
     from pipelines.flows.encode import encode
 
     dataset, params = _project(tmp_path, bad="video_003")
-    procs, cluster = Processes(), None
-    try:
-        server = start_prefect_server(procs, tmp_path / "prefect-home")
-        monkeypatch.setenv("PREFECT_API_URL", server.api_url)  # the workers report task states there too
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, env={"OMP_NUM_THREADS": "1"})  # bits depend on threads
-        stream = TaskStreamPlugin(cluster.scheduler)
-        cluster.scheduler.add_plugin(stream)
-        flow = encode.with_options(task_runner=task_runner("dask", address=cluster.scheduler_address))
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            done = flow(str(vae_folder), None, str(params), str(tmp_path), shards=2)["toy"]
-            drain_prefect_workers()
-        workers = {event["worker"] for event in stream.buffer if "encode_shard_task" in str(event["key"])}
-    finally:
-        if cluster is not None:
-            cluster.close(timeout=30)
-        procs.stop_all()
+    # bits depend on torch's thread count: one per worker, as the in-process reference below uses
+    with dask_behind_prefect(tmp_path / "prefect-home", monkeypatch, {"OMP_NUM_THREADS": "1"}) as dask:
+        done = encode.with_options(task_runner=dask.runner)(str(vae_folder), None, str(params), str(tmp_path),
+                                                            shards=2)["toy"]
+    workers = dask.workers("encode_shard_task")
 
     assert len(workers) == 2  # each worker process ran a shard
     assert (done["shards"], done["encoded"], done["failed"]) == (2, 4, ["video_003"])

@@ -234,33 +234,14 @@ def test_prefect_thread_runner_shards_equal_sequential(trees, tmp_path):
 
 @pytest.mark.slow
 def test_dask_cluster_shards_equal_sequential(trees, tmp_path, monkeypatch):
-    from distributed import LocalCluster
-    from distributed.diagnostics.task_stream import TaskStreamPlugin
-    from helpers_servers import Processes, drain_prefect_workers, start_prefect_server
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from pipelines.flows.common import task_runner
+    from helpers_servers import dask_behind_prefect
 
     plan, cfg = _evaluation_inputs(trees, tmp_path, ratios=False)  # 4 extractions x 2 shards: time is server-bound
     sequential = dataset_metrics(plan, cfg)
-    procs, cluster = Processes(), None
-    try:
-        server = start_prefect_server(procs, tmp_path / "prefect-home")
-        monkeypatch.setenv("PREFECT_API_URL", server.api_url)  # the worker processes report to the same server
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
-        stream = TaskStreamPlugin(cluster.scheduler)
-        cluster.scheduler.add_plugin(stream)
-        measure = _measure.with_options(task_runner=task_runner("dask", address=cluster.scheduler_address))
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            out = measure(plan, cfg, 2)
-            states = _extract_task_states(out["flow_run_id"], 8)
-            drain_prefect_workers()
-        workers = {event["worker"] for event in stream.buffer}  # the flow submits only extract-features shards
-    finally:
-        if cluster is not None:
-            cluster.close(timeout=30)
-        procs.stop_all()
+    with dask_behind_prefect(tmp_path / "prefect-home", monkeypatch) as dask:
+        out = _measure.with_options(task_runner=dask.runner)(plan, cfg, 2)
+        states = _extract_task_states(out["flow_run_id"], 8)
+    workers = dask.workers()  # the flow submits only extract-features shards
 
     assert len(workers) == 2  # both worker processes ran extract-features shards
     assert states == ["Completed"] * 8

@@ -26,8 +26,8 @@ from helpers_servers import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-DEPLOYMENTS = {"preprocess/phantom", "preprocess/dask", "encode/phantom", "encode/dask", "train/lvdm", "sample/champion",
-               "evaluate/candidate", "end_to_end/phantom"}
+DEPLOYMENTS = {"preprocess/phantom", "preprocess/dask", "encode/phantom", "encode/dask", "train/lvdm",
+               "sample/champion", "evaluate/candidate", "end_to_end/phantom"}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers_servers import Processes, drain_prefect_workers, start_prefect_server
+from helpers_servers import dask_behind_prefect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from _tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder, tiny_config  # noqa: E402
@@ -91,33 +91,15 @@ def run_flow(flow, out: Path, params: Path, **kwargs) -> tuple[dict, list[str]]:
 
 @pytest.mark.slow
 def test_dask_cluster_shards_match_the_sequential_path(project, monkeypatch):
-    from distributed import LocalCluster
-    from distributed.diagnostics.task_stream import TaskStreamPlugin
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from pipelines.flows.common import task_runner
     from pipelines.flows.sample import sample
 
     root, params, sequential = project
     out = root / "dask"
-    procs, cluster = Processes(), None
-    try:
-        server = start_prefect_server(procs, root / "prefect-home")
-        monkeypatch.setenv("PREFECT_API_URL", server.api_url)  # the worker processes report to it too
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
-        stream = TaskStreamPlugin(cluster.scheduler)
-        cluster.scheduler.add_plugin(stream)
-        flow = sample.with_options(task_runner=task_runner("dask", address=cluster.scheduler_address))
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            result = flow(MODEL_URI, str(out), str(params), track=False, shards=2)
-            drain_prefect_workers()
-        # only the shard tasks go through the runner (start and finish run in the flow's own process)
-        workers = {event["worker"] for event in stream.buffer}
-    finally:
-        if cluster is not None:
-            cluster.close(timeout=30)
-        procs.stop_all()
+    with dask_behind_prefect(root / "prefect-home", monkeypatch) as dask:
+        result = sample.with_options(task_runner=dask.runner)(MODEL_URI, str(out), str(params), track=False,
+                                                              shards=2)
+    # only the shard tasks go through the runner (start and finish run in the flow's own process)
+    workers = dask.workers()
 
     assert len(workers) == 2  # each worker process ran a shard
     assert (result["generated"], result["skipped"]) == (4, 0)
