@@ -8,22 +8,22 @@ values are compared with ==, never approx. Fréchet distances are taken on the 4
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from prefect import flow
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from _tiny_extractors import write_stub_weights  # noqa: E402
 
 from echo_core.errors import UsageError
 from echo_core.metrics.api import MetricsConfig, MetricsOptions, compute_metrics
 from echo_core.metrics.shards import ExtractionJob, run_extraction_job, run_jobs_in_process
-from echo_core.utils.hashing import sha256_file
 from pipelines.flows.evaluate import TASKS, DatasetPlan, EvaluateConfig, dataset_metrics
 
 pytestmark = [pytest.mark.integration]
@@ -129,30 +129,10 @@ def test_frame_moments_and_stores_are_bitwise_equal(trees, tmp_path):
     assert np.array_equal(store, store_sharded)
 
 
-class _TinyI3D(torch.nn.Module):
-    """Stand-in with the published i3d_torchscript.pt call signature: x (B, 3, T, H, W) -> float32 (B, 400)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(1)
-        self.proj = torch.nn.Linear(3 * 2 * 4 * 4, 400)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        x = x.to(torch.float32) / 255 * 2 - 1 if rescale else x.to(torch.float32)
-        return self.proj(torch.nn.functional.adaptive_avg_pool3d(x, (2, 4, 4)).flatten(1))
-
-
 def test_exact_extractor_shards_are_float32_and_bitwise_equal(trees, tmp_path, one_torch_thread):
     weights = tmp_path / "weights"
-    weights.mkdir()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated in torch 2.13
-        torch.jit.script(_TinyI3D()).save(str(weights / "i3d_torchscript.pt"))
-    manifest = json.loads((Path(__file__).parents[2] / "infra/metrics/weights.json").read_text())
-    manifest["files"]["i3d"]["sha256"] = sha256_file(weights / "i3d_torchscript.pt")
-    (weights / "manifest.json").write_text(json.dumps(manifest))
-    kw = {"weights_dir": weights, "manifest": weights / "manifest.json"}
+    manifest = write_stub_weights(weights, which=("i3d",))
+    kw = {"weights_dir": weights, "manifest": manifest}
     dtypes, specs = [], set()
 
     def float32_check(jobs: list[ExtractionJob]) -> list[np.ndarray]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _tiny_extractors import write_stub_weights
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -130,51 +130,10 @@ def test_unknown_metric_and_fewer_than_protocol_are_refused(trees):
 # ------------------------------------------------------------------------------- exact weights path
 
 
-class TinyInception(torch.nn.Module):
-    """Stand-in with the published inception-2015-12-05.pt call signature (uint8 in)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.proj = torch.nn.Linear(3 * 4 * 4, 2048)
-        self.fc = torch.nn.Linear(2048, 1008)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
-                no_output_bias: bool = False) -> torch.Tensor:
-        x = torch.nn.functional.adaptive_avg_pool2d(img.to(torch.float32) / 255, 4).flatten(1)
-        feats = torch.relu(self.proj(x))
-        if return_features:
-            return feats
-        logits = feats @ self.fc.weight.t() if no_output_bias else self.fc(feats)
-        return torch.softmax(logits, dim=1)
-
-
-class TinyI3D(torch.nn.Module):
-    """Stand-in with the published i3d_torchscript.pt call signature: x (B, 3, T, H, W)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(1)
-        self.proj = torch.nn.Linear(3 * 2 * 4 * 4, 400)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        x = x.to(torch.float32) / 255 * 2 - 1 if rescale else x.to(torch.float32)
-        return self.proj(torch.nn.functional.adaptive_avg_pool3d(x, (2, 4, 4)).flatten(1))
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("weights")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated in torch 2.13
-        torch.jit.script(TinyInception()).save(str(folder / "inception-2015-12-05.pt"))
-        torch.jit.script(TinyI3D()).save(str(folder / "i3d_torchscript.pt"))
-    manifest = json.loads((Path(__file__).parents[2] / "infra/metrics/weights.json").read_text())
-    for key, fname in (("inception", "inception-2015-12-05.pt"), ("i3d", "i3d_torchscript.pt")):
-        manifest["files"][key]["sha256"] = sha256_file(folder / fname)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder, folder / "manifest.json"
+    return folder, write_stub_weights(folder)
 
 
 def test_exact_names_with_verified_weights(trees, weights):

@@ -1,0 +1,62 @@
+"""TorchScript stand-ins with the call signatures of the published metric weights (inception-2015-12-05.pt,
+i3d_torchscript.pt), and a weights folder + manifest pinning their sha256: the exact-extractor code paths
+run for real without the downloaded files (which cannot exist here)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from echo_core.utils.hashing import sha256_file
+
+FILES = {"inception": "inception-2015-12-05.pt", "i3d": "i3d_torchscript.pt"}
+
+
+class TinyInception(torch.nn.Module):
+    """Stand-in with the published inception-2015-12-05.pt call signature (uint8 in)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(3 * 4 * 4, 2048)
+        self.fc = torch.nn.Linear(2048, 1008)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
+                no_output_bias: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.adaptive_avg_pool2d(img.to(torch.float32) / 255, 4).flatten(1)
+        feats = torch.relu(self.proj(x))
+        if return_features:
+            return feats
+        logits = feats @ self.fc.weight.t() if no_output_bias else self.fc(feats)
+        return torch.softmax(logits, dim=1)
+
+
+class TinyI3D(torch.nn.Module):
+    """Stand-in with the published i3d_torchscript.pt call signature: x (B, 3, T, H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.proj = torch.nn.Linear(3 * 2 * 4 * 4, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        x = x.to(torch.float32) / 255 * 2 - 1 if rescale else x.to(torch.float32)
+        return self.proj(torch.nn.functional.adaptive_avg_pool3d(x, (2, 4, 4)).flatten(1))
+
+
+def write_stub_weights(folder: Path, which: tuple[str, ...] = ("inception", "i3d")) -> Path:
+    """Script the stand-ins into `folder` and write a manifest pinning their sha256; returns the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    models = {"inception": TinyInception, "i3d": TinyI3D}
+    manifest = json.loads((Path(__file__).parents[2] / "infra/metrics/weights.json").read_text())
+    for key in which:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated in torch 2.13
+            torch.jit.script(models[key]()).save(str(folder / FILES[key]))
+        manifest["files"][key]["sha256"] = sha256_file(folder / FILES[key])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder / "manifest.json"
