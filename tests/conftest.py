@@ -42,3 +42,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory) -> Path:
+    """A seeded tiny diffusers VAE (112 px gray → 4×14×14) saved as a folder, scaling factor 0.5."""
+    import torch
+
+    from echo_core.models.vae import build_vae
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("vae") / "vae"
+    build_vae("tiny", scaling_factor=0.5).save_pretrained(folder)
+    return folder

@@ -37,18 +37,10 @@ from echo_core.data.encode import (  # noqa: E402
 )
 from echo_core.data.latent_store import read_latents  # noqa: E402
 from echo_core.errors import DataError  # noqa: E402
-from echo_core.models.vae import build_vae, load_vae  # noqa: E402
+from echo_core.models.vae import load_vae  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 ENCODE = {"mode": "mean", "dtype": "float32", "batch_frames": 4}  # small batches that cross videos and shards
-
-
-@pytest.fixture(scope="module")
-def vae_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("vae") / "vae"
-    build_vae("tiny", scaling_factor=0.5).save_pretrained(folder)
-    return folder
 
 
 def _project(root: Path, bad: str | None = None, **encode) -> tuple[Path, Path]:

@@ -34,14 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def vae_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("vae") / "vae"
-    build_vae("tiny", scaling_factor=0.5).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def vae(vae_folder):
     return load_vae(vae_folder)
 
