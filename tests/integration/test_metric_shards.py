@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from prefect import flow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _tiny_extractors import write_stub_weights  # noqa: E402
+from _tiny_extractors import moving_video, write_stub_weights  # noqa: E402
 
 from echo_core.errors import UsageError
 from echo_core.metrics.api import MetricsConfig, MetricsOptions, compute_metrics
@@ -33,24 +32,14 @@ OPTS = MetricsOptions(resolution=RES, allow_fewer=True, kid_subsets=5, kid_subse
 METRIC_NAMES = ["kid_fallback", "is_fallback", "fvd16_fallback"]  # frame features + probs (stores kept), clips
 
 
-def _video(root: Path, name: str, n_frames: int, phase: float, speed: float) -> None:
-    """A bright square moving left to right: `n_frames` 16x16 gray jpgs."""
-    (root / name).mkdir(parents=True, exist_ok=True)
-    for t in range(n_frames):
-        frame = np.full((RES, RES), 20, np.uint8)
-        x = int(phase + t * speed) % (RES - 4)
-        frame[6:10, x:x + 4] = 230
-        Image.fromarray(frame).save(root / name / f"{t:04d}.jpg", quality=95)
-
-
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> dict[str, Path]:
     """real: 5 videos x 20 frames (100 frames = 7 batches of 16); fake: 4 videos x 18 frames."""
     base = tmp_path_factory.mktemp("shard-trees")
     for v in range(5):
-        _video(base / "real", f"v{v:03d}", 20, phase=v * 2, speed=0.5)
+        moving_video(base / "real", f"v{v:03d}", 20, phase=v * 2, quality=95)
     for v in range(4):
-        _video(base / "fake", f"v{v:03d}", 18, phase=v * 3, speed=1.5)
+        moving_video(base / "fake", f"v{v:03d}", 18, phase=v * 3, speed=1.5, quality=95)
     return {"real": base / "real", "fake": base / "fake"}
 
 

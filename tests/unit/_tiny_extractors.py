@@ -1,6 +1,7 @@
-"""TorchScript stand-ins with the call signatures of the published metric weights (inception-2015-12-05.pt,
-i3d_torchscript.pt), and a weights folder + manifest pinning their sha256: the exact-extractor code paths
-run for real without the downloaded files (which cannot exist here)."""
+"""Metric test inputs: tiny jpg-tree videos, and TorchScript stand-ins with the call signatures of the
+published metric weights (inception-2015-12-05.pt, i3d_torchscript.pt) plus a weights folder + manifest
+pinning their sha256, so the exact-extractor code paths run for real without the downloaded files (which
+cannot exist here)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,25 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from echo_core.utils.hashing import sha256_file
 
 FILES = {"inception": "inception-2015-12-05.pt", "i3d": "i3d_torchscript.pt"}
+
+
+def moving_video(root: Path, name: str, n_frames: int, phase: float, *, speed: float = 0.5, size: int = 16,
+                 shuffle: bool = False, quality: int = 100) -> None:
+    """`root/name/0000.jpg…`: a bright square moving left to right on gray (optionally frames shuffled)."""
+    order = np.random.default_rng(0).permutation(n_frames) if shuffle else np.arange(n_frames)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for i, t in enumerate(order):
+        frame = np.full((size, size), 20, np.uint8)
+        x = int(phase + t * speed) % (size - 4)
+        frame[6:10, x:x + 4] = 230
+        Image.fromarray(frame).save(root / name / f"{i:04d}.jpg", quality=quality)
 
 
 class TinyInception(torch.nn.Module):

@@ -12,11 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from _tiny_extractors import write_stub_weights
-from PIL import Image
+from _tiny_extractors import moving_video, write_stub_weights
 from typer.testing import CliRunner
 
 from echo_core.errors import DataError, UsageError, WeightsError
@@ -34,17 +32,6 @@ from echo_core.utils.hashing import sha256_file
 RES = 16
 FAST = MetricsOptions(resolution=RES, allow_fewer=True, kid_subsets=5, batch_frames=16, batch_clips=4,
                       decode_threads=1)
-
-
-def moving_video(root: Path, name: str, n_frames: int, phase: float, shuffle: bool = False) -> None:
-    """A bright square moving smoothly left to right (optionally with its frames shuffled in time)."""
-    order = np.random.default_rng(0).permutation(n_frames) if shuffle else np.arange(n_frames)
-    (root / name).mkdir(parents=True, exist_ok=True)
-    for i, t in enumerate(order):
-        frame = np.full((RES, RES), 20, np.uint8)
-        x = int(phase + t * 0.5) % (RES - 4)
-        frame[6:10, x:x + 4] = 230
-        Image.fromarray(frame).save(root / name / f"{i:04d}.jpg", quality=100)
 
 
 @pytest.fixture(scope="module")
