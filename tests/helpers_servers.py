@@ -125,6 +125,17 @@ def run_cli(cmd: Sequence[str], env: Mapping[str, str], timeout: float = 300, cw
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
+def setup_and_deploy(env: Mapping[str, str], setup_args: Sequence[str], names: Sequence[str] = ()) -> str:
+    """`echoforge ops prefect-setup <setup_args>` then `echoforge ops deploy` (all, or `names`) against the server
+    in `env`; asserts both succeeded and returns prefect-setup's output."""
+    setup = run_cli([str(BIN / "echoforge"), "ops", "prefect-setup", *setup_args], env, timeout=120)
+    assert setup.returncode == 0, setup.stdout
+    deploy = run_cli([str(BIN / "echoforge"), "ops", "deploy", *(a for n in names for a in ("--name", n))], env,
+                     timeout=300)
+    assert deploy.returncode == 0, deploy.stdout[-4000:]
+    return setup.stdout
+
+
 def run_deployment(server: PrefectServer, name: str, params: Mapping[str, Any], timeout: int = 300,
                    extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
     """`prefect deployment run NAME --params JSON --watch` (exit 0 only when the run completed)."""

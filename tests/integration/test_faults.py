@@ -19,6 +19,7 @@ from helpers_servers import (
     prefect_client,
     restart_prefect_server,
     run_cli,
+    setup_and_deploy,
     start_mlflow_server,
     start_prefect_server,
     start_worker,
@@ -86,12 +87,9 @@ def prefect_stack(tmp_path_factory):
     procs = Processes()
     try:
         server = start_prefect_server(procs, root / "prefect-home")
-        env = server.env()
-        setup = run_cli([str(BIN / "echoforge"), "ops", "prefect-setup", "--gpus", "0", "--zombie-after",
-                         str(ZOMBIE_AFTER_S)], env)
-        assert setup.returncode == 0 and "automation" in setup.stdout, setup.stdout
-        deploy = run_cli([str(BIN / "echoforge"), "ops", "deploy", "--name", "preprocess/phantom"], env)
-        assert deploy.returncode == 0, deploy.stdout[-3000:]
+        setup = setup_and_deploy(server.env(), ["--gpus", "0", "--zombie-after", str(ZOMBIE_AFTER_S)],
+                                 ["preprocess/phantom"])
+        assert "automation" in setup, setup
         params = write_project(root / "project", num_videos=8, seed=11)
         yield {"root": root, "procs": procs, "server": server, "params": params}
     finally:

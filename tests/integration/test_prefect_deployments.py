@@ -13,13 +13,12 @@ import time
 import pytest
 import yaml
 from helpers_servers import (
-    BIN,
     REPO_ROOT,
     Processes,
     drain_prefect_workers,
     prefect_client,
-    run_cli,
     run_deployment,
+    setup_and_deploy,
     start_prefect_server,
     start_worker,
     write_project,
@@ -37,13 +36,10 @@ def stack(tmp_path_factory):
     try:
         server = start_prefect_server(procs, root / "prefect-home")
         env = server.env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", OMP_NUM_THREADS="1")
-        setup = run_cli([str(BIN / "echoforge"), "ops", "prefect-setup", "--gpus", "1"], env, timeout=120)
-        assert setup.returncode == 0, setup.stdout
-        deploy = run_cli([str(BIN / "echoforge"), "ops", "deploy"], env, timeout=300)
-        assert deploy.returncode == 0, deploy.stdout[-4000:]
+        setup = setup_and_deploy(env, ["--gpus", "1"])
         worker = start_worker(procs, server, root / "worker.log", env={"MLFLOW_TRACKING_URI": env[
             "MLFLOW_TRACKING_URI"], "OMP_NUM_THREADS": "1"})
-        yield {"root": root, "server": server, "worker": worker, "setup": setup.stdout}
+        yield {"root": root, "server": server, "worker": worker, "setup": setup}
     finally:
         procs.stop_all()
 
