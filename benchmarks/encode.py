@@ -2,7 +2,7 @@
 
 Reference procedure (seed-systems §2.3): one video at a time, decoded synchronously, x/128 − 1, fp32,
 32-frame chunks through `vae.encode(x).latent_dist.sample()` under `torch.no_grad`, one `.pt` per video.
-Ours: `echo_core.data.encode.encode_dataset` (background decode, frames of several videos per batch,
+Ours: `echo_core.latents.encode.encode_dataset` (background decode, frames of several videos per batch,
 inference_mode; bf16 + channels_last on CUDA). Same VAE (random weights: throughput does not depend on
 their values), same phantom dataset, both measured here, alternating, best of `--repeats`. Also VAE
 decode throughput, and the peak memory of each phase (RSS sampled every 5 ms; CUDA max allocated on GPU).
@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from echo_core.data.encode import EncodeConfig, encode_dataset  # noqa: E402
 from echo_core.data.filelist import read_filelist, resolve_video  # noqa: E402
 from echo_core.data.video import read_video  # noqa: E402
+from echo_core.latents.encode import EncodeConfig, encode_dataset  # noqa: E402
 from echo_core.models.vae import build_vae, load_vae  # noqa: E402
 from echo_core.utils.atomic import write_json_atomic  # noqa: E402
 

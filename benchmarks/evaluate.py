@@ -49,7 +49,7 @@ def source_folder(args, sandbox: Path) -> Path:
     the project's registry, before the sandbox's store is switched on)."""
     if args.tiny:
         sys.path.insert(0, str(ROOT / "tests" / "unit"))
-        from _tiny_lvdm import make_bundle
+        from support.tiny_lvdm import make_bundle
 
         return make_bundle(sandbox / "tiny")
     from pipelines.tracking import resolve_model_folder

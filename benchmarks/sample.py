@@ -41,14 +41,14 @@ def _sync(device: str) -> None:
 
 
 def _load(args):
-    from echo_core.sampling.pipeline import load_pipeline
+    from echo_core.generation.pipeline import load_pipeline
 
     if args.tiny:
         sys.path.insert(0, str(ROOT / "tests" / "unit"))
         import atexit
         import shutil
 
-        from _tiny_lvdm import make_bundle
+        from support.tiny_lvdm import make_bundle
 
         tmp = Path(tempfile.mkdtemp(dir=ROOT / "benchmarks", prefix=".tiny-bundle-"))
         atexit.register(shutil.rmtree, tmp, True)
@@ -62,7 +62,7 @@ def _load(args):
 def _generate_set(pipe, sampler: str, steps: int, args, cond, out: Path) -> dict[str, float]:
     """`args.videos` videos in batches of `args.batch` as jpg trees under out; timing after a warm-up."""
     from echo_core.data.video import write_jpg_tree
-    from echo_core.sampling.pipeline import CondSpec, SamplerOptions
+    from echo_core.generation.pipeline import CondSpec, SamplerOptions
 
     opts = SamplerOptions(sampler=sampler, steps=steps, num_frames=args.frames, guidance_scale=args.guidance)
     specs = [CondSpec(ef_percent=float(ef)) for ef in np.linspace(20, 80, args.batch)]
@@ -94,9 +94,9 @@ def _fvd_proxy(real: Path, fake: Path) -> float:
 def _serving_latency(pipe, args) -> dict[str, float]:
     import pandas as pd
 
-    from echo_core.sampling.default_frame import read_frame_png
-    from echo_core.sampling.pipeline import DEFAULT_FRAME_FILE
-    from echo_core.sampling.requests import ServingLimits, handle_request
+    from echo_core.generation.default_frame import read_frame_png
+    from echo_core.generation.pipeline import DEFAULT_FRAME_FILE
+    from echo_core.generation.requests import ServingLimits, handle_request
 
     frame_file = pipe.folder / DEFAULT_FRAME_FILE if pipe.folder else None
     frame = read_frame_png(frame_file if frame_file and frame_file.is_file()
@@ -130,7 +130,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     pipe = _load(args)
-    from echo_core.sampling.default_frame import read_frame_png
+    from echo_core.generation.default_frame import read_frame_png
 
     frame = read_frame_png(ROOT / "pipelines" / "serving" / "default_frame.png")
     cond = pipe.encode_frames(frame[None]).repeat(args.batch, 1, 1, 1)

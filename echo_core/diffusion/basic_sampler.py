@@ -3,7 +3,7 @@
 Pure function in the k-diffusion shape: `sample(model, noise, objective, steps, callback=None)`. The model
 is any callable `model(x_t, model_time) -> prediction` in the objective's units, with conditioning (and
 classifier-free guidance, if wanted) already bound by the caller. The full sampler (schedulers, long
-videos) lives in `echo_core.diffusion.sampling`.
+videos) lives in `echo_core.diffusion.samplers`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
   adherence of the samples judged by a regressor trained on real videos.
 
 Both read prepared datasets and sample folders through one loader (`data.scan_video_folder`) and write
-DVC-friendly metrics JSON, CSV and PNG artefacts. Metric math is in `metrics` (plain arrays).
+DVC-friendly metrics JSON, CSV and PNG artefacts. Metric math is in `scores` (plain arrays).
 """
 
 from echo_core.downstream.classification import (
@@ -18,7 +18,6 @@ from echo_core.downstream.classification import (
     run_classification,
 )
 from echo_core.downstream.data import ClipDataset, LabelMap, VideoRecord, VideoStore, scan_video_folder
-from echo_core.downstream.metrics import classification_metrics, confusion, regression_metrics, roc_auc
 from echo_core.downstream.regression import (
     RegressionConfig,
     RegressionReport,
@@ -26,6 +25,7 @@ from echo_core.downstream.regression import (
     regress_records,
     run_ef_regression,
 )
+from echo_core.downstream.scores import classification_metrics, confusion, regression_metrics, roc_auc
 
 __all__ = [
     "ClassificationConfig",

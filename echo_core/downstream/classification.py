@@ -36,8 +36,7 @@ from echo_core.downstream.data import (
     VideoStore,
     scan_video_folder,
 )
-from echo_core.downstream.loop import FitResult, FitSettings, fit, predict
-from echo_core.downstream.metrics import classification_metrics, confusion, mean_std
+from echo_core.downstream.fit import FitResult, FitSettings, fit, predict
 from echo_core.downstream.plots import (
     plot_confusion_matrix,
     plot_loss_curves,
@@ -45,6 +44,7 @@ from echo_core.downstream.plots import (
     write_csv,
     write_metrics_json,
 )
+from echo_core.downstream.scores import classification_metrics, confusion, mean_std
 from echo_core.errors import DataError, UsageError
 from echo_core.models.classifier import build_video_model
 from echo_core.tracking import NullTracker, Tracker

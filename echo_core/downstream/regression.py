@@ -27,9 +27,9 @@ from pydantic import Field
 
 from echo_core.config import StrictModel
 from echo_core.downstream.data import REAL, SYNTHETIC, ClipDataset, VideoRecord, VideoStore, scan_video_folder
-from echo_core.downstream.loop import FitResult, FitSettings, fit, predict
-from echo_core.downstream.metrics import regression_metrics
+from echo_core.downstream.fit import FitResult, FitSettings, fit, predict
 from echo_core.downstream.plots import plot_ef_scatter, plot_loss_curves, write_csv, write_metrics_json
+from echo_core.downstream.scores import regression_metrics
 from echo_core.errors import DataError
 from echo_core.models.classifier import EFRegressor, build_video_model
 from echo_core.tracking import NullTracker, Tracker

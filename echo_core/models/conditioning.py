@@ -17,7 +17,7 @@ Null conditions (what a dropped or missing condition becomes, and what CFG's unc
 - ef, embedding mode: a learned null token.
 - class_id: the dedicated index `num_classes`.  text: the empty-prompt embedding (cached once).
 
-Missing values in a batch (from `echo_core.data.latents`): `has_ef == False` (or a non-finite EF),
+Missing values in a batch (from `echo_core.latents.clips`): `has_ef == False` (or a non-finite EF),
 `class_id == MISSING_CLASS_ID` (-1), text "" — each becomes that condition's null, never a crash.
 
 Frame dropout: a dropped conditioning frame is replaced by an all-zero latent (`null_frame`). Latents are

@@ -38,7 +38,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from echo_core.config import StrictModel
-from echo_core.data.latents import LatentClipDataset, LatentDatasetConfig
 from echo_core.diffusion import basic_sampler
 from echo_core.diffusion.objectives import (
     DDPMObjectiveConfig,
@@ -48,6 +47,7 @@ from echo_core.diffusion.objectives import (
     frame_mask,
 )
 from echo_core.errors import DataError
+from echo_core.latents.clips import LatentClipDataset, LatentDatasetConfig
 from echo_core.models.conditioning import (
     ConditionEncoder,
     ConditioningConfig,

@@ -1,4 +1,4 @@
-"""`echoforge latents encode | import-reference`: prepared dataset → latent store (see echo_core.data.encode).
+"""`echoforge latents encode | import-reference`: prepared dataset → latent store (see echo_core.latents.encode).
 
 `--vae` takes `models:/echo-vae@<alias>`, `models:/echo-vae/<version>` or a local diffusers folder. Settings
 come from `--params` (section `encode:`) with command-line flags taking precedence.
@@ -50,7 +50,7 @@ def encode(
 ) -> None:
     """Encode every video into per-video latents; resumable (finished videos are skipped) and idempotent."""
     from echo_core.config import load_section, validate_config
-    from echo_core.data.encode import EncodeConfig, encode_dataset
+    from echo_core.latents.encode import EncodeConfig, encode_dataset
 
     overrides = _overrides(mode=mode, dtype=dtype, batch_frames=batch_frames, fail_on_error=fail_on_error,
                            seed=seed)
@@ -82,9 +82,9 @@ def import_reference(
     dtype: str = typer.Option("float32", "--dtype", help="float16 | float32 (the reference stored float32)."),
 ) -> None:
     """Convert reference-system latents (`torch.load(weights_only=True)`) into the latent store format."""
-    from echo_core.data.encode import DTYPES
-    from echo_core.data.latent_store import import_reference_latents
     from echo_core.errors import UsageError
+    from echo_core.latents.encode import DTYPES
+    from echo_core.latents.store import import_reference_latents
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")

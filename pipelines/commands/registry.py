@@ -153,7 +153,7 @@ def build_serving(lvdm: str = typer.Option(..., "--lvdm", help="LVDM folder or m
                                               help="params.yaml; its `serving:` section sets the caps.")) -> None:
     """Register LVDM + VAE as a serving version of echo-lvdm (the pyfunc that `mlflow models serve` runs)."""
     from echo_core.config import load_params, load_section
-    from echo_core.sampling.requests import ServingLimits
+    from echo_core.generation.requests import ServingLimits
     from pipelines.serving.register import register_serving_model
     from pipelines.tracking import git_commit, resolve_model_folder
 

@@ -57,7 +57,7 @@ def sample(
 ) -> None:
     """Generate synthetic videos (+ FileList.csv, generation_params.json) from a registered LVDM."""
     from echo_core.config import load_params, load_section, validate_config
-    from echo_core.sampling.generate import SampleConfig
+    from echo_core.generation.generate import SampleConfig
     from pipelines.flows.sample import run_sampling
 
     overrides = {"num_samples": num_samples, "batch_size": batch_size, "sampler": sampler, "steps": steps,

@@ -138,7 +138,7 @@ def _register(folder: Path, tags: dict[str, str], alias: str | None, vae: str | 
     what `mlflow models serve` and `echoforge sample` consume; without one: the bare EMA UNet folder."""
     if vae:
         from echo_core.config import load_params, load_section
-        from echo_core.sampling.requests import ServingLimits
+        from echo_core.generation.requests import ServingLimits
         from pipelines.serving.register import register_serving_model
         from pipelines.tracking import resolve_model_folder
 

@@ -27,7 +27,7 @@ from pipelines.ops.scaleout import runner_from_env, shard_count
 
 @task(name="encode-prepare", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)
 def prepare_task(out_dir: str) -> int:
-    from echo_core.data.encode import prepare_encode
+    from echo_core.latents.encode import prepare_encode
 
     return prepare_encode(out_dir)
 
@@ -36,7 +36,7 @@ def prepare_task(out_dir: str) -> int:
 def encode_shard_task(vae_uri: str, dataset_dir: str, out_dir: str, params_path: str, start: int,
                       stop: int) -> dict[str, Any]:
     """Encode FileList rows [start, stop); returns small, picklable facts for `encode-finalize`."""
-    from echo_core.data.encode import EncodeConfig, encode_shard
+    from echo_core.latents.encode import EncodeConfig, encode_shard
     from echo_core.models.vae import load_vae
     from pipelines.ops.concurrency import gpu_slot
     from pipelines.tracking import resolve_model_folder
@@ -54,7 +54,7 @@ def encode_shard_task(vae_uri: str, dataset_dir: str, out_dir: str, params_path:
 @task(name="encode-finalize", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient_only)
 def finalize_task(dataset_dir: str, out_dir: str, params_path: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the store index once every shard ended; returns the dataset's summary."""
-    from echo_core.data.encode import EncodeConfig, finalize_encode
+    from echo_core.latents.encode import EncodeConfig, finalize_encode
     from echo_core.models.vae import VaeInfo
 
     if len({tuple(sorted(s["vae"].items())) for s in shards}) > 1:  # e.g. the alias moved mid-run
@@ -73,7 +73,7 @@ def finalize_task(dataset_dir: str, out_dir: str, params_path: str, shards: list
 
 def encode_one(vae: str, dataset_dir: str, out_dir: str, params_path: str, shards: int) -> dict[str, Any]:
     """prepare → shards (fanned out) → finalize for one dataset."""
-    from echo_core.data.encode import plan_shards
+    from echo_core.latents.encode import plan_shards
 
     prepare_task(out_dir)
     calls = [(vae, dataset_dir, out_dir, params_path, rows.start, rows.stop)

@@ -45,8 +45,8 @@ from echo_core.config import StrictModel, load_params, validate_config
 from echo_core.downstream.classification import ClassificationConfig
 from echo_core.downstream.regression import RegressionConfig
 from echo_core.errors import DataError
+from echo_core.generation.conditions import ConditionsConfig
 from echo_core.metrics.api import METRICS, RESULT_NAMES, MetricsConfig
-from echo_core.sampling.conditions import ConditionsConfig
 from echo_core.utils.atomic import write_json_atomic
 from pipelines.flows.common import retry_transient_only
 from pipelines.flows.metric_shards import features_on_task_runner
@@ -193,8 +193,8 @@ def plan_dataset(name: str, out_root: Path, target: ModelTarget) -> DatasetPlan:
 def sample_config(sample_section: dict[str, Any], cfg: EvaluateConfig, condition: Condition | None):
     """`sample:` + `evaluate.sample` overrides + the dataset's conditions; always jpg (metrics) + a video
     format (downstream)."""
-    from echo_core.sampling.generate import SampleConfig
-    from echo_core.sampling.writers import VIDEO_FORMATS
+    from echo_core.generation.generate import SampleConfig
+    from echo_core.generation.writers import VIDEO_FORMATS
 
     merged = {**sample_section, **cfg.sample}
     merged["conditions"] = getattr(cfg.conditions, condition).model_dump() if condition else {}
@@ -229,7 +229,7 @@ def train_conditioning(latents: Path, scratch: Path) -> Iterator[tuple[Path, lis
 
 def samples_state(out: Path, sample_cfg, model_id: str, sources: list[str]) -> str:
     """absent | complete | partial (same plan, unfinished) | stale (another model, parameters or sources)."""
-    from echo_core.sampling.generate import PARAMS_FILE
+    from echo_core.generation.generate import PARAMS_FILE
 
     path = out / PARAMS_FILE
     if not path.is_file():

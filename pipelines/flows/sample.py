@@ -1,7 +1,7 @@
 """Prefect flow `sample`: resolve the registered model → generate (resumable, sharded) → track in MLflow.
 
 `run_sampling` is the plain sequential function (`echoforge sample`, the evaluate flow). The flow runs the
-same three steps of echo_core.sampling.generate with the middle one fanned out: `start-samples` (once:
+same three steps of echo_core.generation.generate with the middle one fanned out: `start-samples` (once:
 stale temps, resume check, "running" record, shard ranges) → `sample-shard` tasks on the flow's task
 runner (each resolves and loads the model itself, holds a GPU slot, writes only its own samples) →
 `finish-samples` (once: FileList.csv, "complete" record, MLflow). Shards are cut between the sequential
@@ -45,7 +45,7 @@ def resolve_model(model: str, vae: str | None) -> tuple[Path, Path | None, dict[
 def grid_video(out: Path, names: list[str], formats: list[str]) -> Any:
     """The first samples tiled into one (T, H', W') video, read back from what was written."""
     from echo_core.data.video import read_jpg_tree, read_video
-    from echo_core.sampling.writers import VIDEO_FORMATS, make_grid, output_path
+    from echo_core.generation.writers import VIDEO_FORMATS, make_grid, output_path
 
     fmt = next((f for f in VIDEO_FORMATS if f in formats), None)
     if fmt is not None:
@@ -64,8 +64,8 @@ def load_sampler(folder: Path, vae_folder: Path | None, device: str, conditionin
     """(pipeline on `device` (auto → cuda when available), default conditioning frame or None)."""
     import torch
 
-    from echo_core.sampling.default_frame import read_frame_png
-    from echo_core.sampling.pipeline import DEFAULT_FRAME_FILE, load_pipeline
+    from echo_core.generation.default_frame import read_frame_png
+    from echo_core.generation.pipeline import DEFAULT_FRAME_FILE, load_pipeline
 
     device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(folder, vae_folder=vae_folder, device=device)
@@ -79,7 +79,7 @@ def run_sampling(model: str, out: str | Path, cfg, *, conditioning: str | None =
                  track: bool = True, on_batch: Callable[[int, int], None] | None = None):
     """Generate `cfg.num_samples` videos from a registered model (or folder) into `out`; log params, the
     FileList, generation_params.json and a sample grid video to an MLflow run. Returns the report."""
-    from echo_core.sampling.generate import generate_samples
+    from echo_core.generation.generate import generate_samples
 
     folder, vae_folder, model_info = resolve_model(model, vae)
     pipe, default_frame = load_sampler(folder, vae_folder, cfg.device, conditioning)
@@ -92,7 +92,7 @@ def run_sampling(model: str, out: str | Path, cfg, *, conditioning: str | None =
 
 def _track(out: Path, cfg, model_info: dict[str, Any], report) -> None:
     from echo_core.data.video import write_video
-    from echo_core.sampling.generate import FILELIST_FILE, PARAMS_FILE
+    from echo_core.generation.generate import FILELIST_FILE, PARAMS_FILE
     from pipelines.tracking import start_run
 
     tags = {"model_uri": model_info["uri"], "model_version": str(model_info.get("version", ""))}
@@ -110,7 +110,7 @@ def _track(out: Path, cfg, model_info: dict[str, Any], report) -> None:
 
 def _job(folder: Path, model_info: dict[str, Any], out: str, cfg_json: str, conditioning: str | None):
     """The generation plan, from the bundle's config only (no weights loaded)."""
-    from echo_core.sampling.generate import SampleConfig, plan_generation, read_model_config
+    from echo_core.generation.generate import SampleConfig, plan_generation, read_model_config
 
     cfg = SampleConfig.model_validate_json(cfg_json)
     return plan_generation(read_model_config(folder), cfg, out, conditioning=conditioning, model=model_info)
@@ -121,7 +121,7 @@ def start_task(model: str, vae: str | None, out: str, cfg_json: str, conditionin
                shards: int) -> dict[str, Any]:
     """Once: resolve the model (downloads land in the cache the shards then share), record "running",
     cut the missing samples into shard ranges."""
-    from echo_core.sampling.generate import shard_ranges, start_generation
+    from echo_core.generation.generate import shard_ranges, start_generation
 
     folder, _, model_info = resolve_model(model, vae)
     job = _job(folder, model_info, out, cfg_json, conditioning)
@@ -133,7 +133,7 @@ def start_task(model: str, vae: str | None, out: str, cfg_json: str, conditionin
 def shard_task(model_info: dict[str, Any], vae: str | None, out: str, cfg_json: str, conditioning: str | None,
                lo: int, hi: int) -> int:
     """Generate the missing samples of plan indices [lo, hi); → how many were generated."""
-    from echo_core.sampling.generate import generate_shard
+    from echo_core.generation.generate import generate_shard
     from pipelines.ops.concurrency import gpu_slot
 
     artifact = create_progress_artifact(0.0, description=f"sample {out} [{lo}, {hi})")
@@ -155,7 +155,7 @@ def shard_task(model_info: dict[str, Any], vae: str | None, out: str, cfg_json: 
 def finish_task(model_info: dict[str, Any], out: str, cfg_json: str, conditioning: str | None, generated: int,
                 track: bool) -> dict[str, Any]:
     """Once: FileList.csv + "complete" record, then one MLflow run."""
-    from echo_core.sampling.generate import finish_generation
+    from echo_core.generation.generate import finish_generation
     from pipelines.tracking import resolve_model_folder
 
     job = _job(resolve_model_folder(pinned_uri(model_info)), model_info, out, cfg_json, conditioning)
@@ -173,7 +173,7 @@ def sample(model: str = "models:/echo-lvdm@champion", out: str = "outputs/sample
     """Generate synthetic videos from the registered model (params.yaml `sample:` + overrides), in `shards`
     shards on the flow's task runner (default: scaleout.shard_count)."""
     from echo_core.config import load_section
-    from echo_core.sampling.generate import SampleConfig
+    from echo_core.generation.generate import SampleConfig
 
     cfg_json = load_section(SampleConfig, "sample", params_path, overrides).model_dump_json()
     started = start_task(model, vae, out, cfg_json, conditioning, shard_count(shards))

@@ -1,7 +1,7 @@
 """Models-from-code MLflow pyfunc: the registered `echo-lvdm` version IS the inference pipeline.
 
-The artifact `model_dir` is a serving bundle (`echo_core.sampling.pipeline`: EMA UNet, condition encoder,
-VAE, configs, default frame, serving.json caps). All request logic lives in `echo_core.sampling.requests`;
+The artifact `model_dir` is a serving bundle (`echo_core.generation.pipeline`: EMA UNet, condition encoder,
+VAE, configs, default frame, serving.json caps). All request logic lives in `echo_core.generation.requests`;
 this shell only maps a user-caused error to MLflow's INVALID_PARAMETER_VALUE, which the scoring server
 answers with HTTP 400 and the message (any other exception would be reported without a clear message).
 """
@@ -21,9 +21,9 @@ class LvdmModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from echo_core.sampling.default_frame import read_frame_png
-        from echo_core.sampling.pipeline import DEFAULT_FRAME_FILE, SERVING_FILE, load_pipeline
-        from echo_core.sampling.requests import ServingLimits
+        from echo_core.generation.default_frame import read_frame_png
+        from echo_core.generation.pipeline import DEFAULT_FRAME_FILE, SERVING_FILE, load_pipeline
+        from echo_core.generation.requests import ServingLimits
 
         folder = Path(context.artifacts["model_dir"])
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,7 +34,7 @@ class LvdmModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from echo_core.errors import EchoForgeError
-        from echo_core.sampling.requests import handle_request
+        from echo_core.generation.requests import handle_request
 
         try:
             return handle_request(self.pipe, model_input, params, self.limits, self.default_frame)

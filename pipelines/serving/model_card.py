@@ -40,7 +40,7 @@ def build_model_card(*, name: str, config: dict[str, Any], lineage: dict[str, st
         "metrics_protocol": METRICS_PROTOCOL,
         "metrics": metrics or {},
         "known_limits": KNOWN_LIMITS,
-        "default_conditioning_frame": "phantom A4C end-diastolic frame (echo_core/sampling/default_frame.py)",
+        "default_conditioning_frame": "phantom A4C end-diastolic frame (echo_core/generation/default_frame.py)",
     }
 
 

@@ -52,8 +52,8 @@ def register_serving_model(lvdm_folder: str | Path, vae_folder: str | Path, *, a
     run of the `echo-lvdm` experiment). tags: lineage (git_commit, data_dvc_hash, source_version, ...)."""
     import mlflow
 
-    from echo_core.sampling.pipeline import SERVING_FILE, build_serving_bundle
-    from echo_core.sampling.requests import ServingLimits
+    from echo_core.generation.pipeline import SERVING_FILE, build_serving_bundle
+    from echo_core.generation.requests import ServingLimits
 
     limits = limits or ServingLimits()
     config = json.loads((Path(lvdm_folder) / "lvdm_config.json").read_text(encoding="utf-8"))["train"]

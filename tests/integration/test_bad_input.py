@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from corpus import CASES, QUIRKS, make_case, make_fixture_dataset
+from support.corpus import CASES, QUIRKS, make_case, make_fixture_dataset
 
 from echo_core.data.filelist import read_filelist
 from echo_core.data.phantom.datasets import generate_dataset

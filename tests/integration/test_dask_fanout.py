@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers_servers import dask_behind_prefect
+from support.servers import dask_behind_prefect
 
 from echo_core.data.phantom.datasets import generate_dataset
 from echo_core.data.prepare import prepare_dataset

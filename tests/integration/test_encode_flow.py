@@ -10,9 +10,9 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _latent_data import make_prepared_dataset  # noqa: E402
+from support.latent_data import make_prepared_dataset  # noqa: E402
 
-from echo_core.data.latent_store import read_latents  # noqa: E402
+from echo_core.latents.store import read_latents  # noqa: E402
 from echo_core.models.vae import build_vae  # noqa: E402
 from echo_core.utils.hashing import sha256_tree  # noqa: E402
 

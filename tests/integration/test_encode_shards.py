@@ -25,9 +25,10 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _latent_data import make_prepared_dataset  # noqa: E402
+from support.latent_data import make_prepared_dataset  # noqa: E402
 
-from echo_core.data.encode import (  # noqa: E402
+from echo_core.errors import DataError  # noqa: E402
+from echo_core.latents.encode import (  # noqa: E402
     EncodeConfig,
     encode_dataset,
     encode_shard,
@@ -35,8 +36,7 @@ from echo_core.data.encode import (  # noqa: E402
     plan_shards,
     prepare_encode,
 )
-from echo_core.data.latent_store import read_latents  # noqa: E402
-from echo_core.errors import DataError  # noqa: E402
+from echo_core.latents.store import read_latents  # noqa: E402
 from echo_core.models.vae import load_vae  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
@@ -130,7 +130,7 @@ class TestThreadRunner:
 
 @pytest.mark.slow
 def test_dask_local_cluster_shards_equal_the_sequential_shards(vae_folder, tmp_path, monkeypatch):
-    from helpers_servers import dask_behind_prefect
+    from support.servers import dask_behind_prefect
 
     from pipelines.flows.encode import encode
 

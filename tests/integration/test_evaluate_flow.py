@@ -15,12 +15,12 @@ import yaml
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _latent_data import make_prepared_dataset  # noqa: E402
-from _tiny_lvdm import make_bundle  # noqa: E402
+from support.latent_data import make_prepared_dataset  # noqa: E402
+from support.tiny_lvdm import make_bundle  # noqa: E402
 
 from echo_core.data.filelist import CARDIACNET_CLASSES, read_filelist, write_filelist  # noqa: E402
-from echo_core.data.latent_store import LatentMeta, latent_path, write_latents  # noqa: E402
 from echo_core.data.reference import build_reference  # noqa: E402
+from echo_core.latents.store import LatentMeta, latent_path, write_latents  # noqa: E402
 from echo_core.metrics.api import FALLBACK_METRIC_NAMES  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers_servers import (
+from support.servers import (
     BIN,
     Processes,
     prefect_client,
@@ -42,7 +42,7 @@ ZOMBIE_AFTER_S = 45  # > the 30 s heartbeat; production default 90
 
 def test_sampling_loses_no_metric_when_the_tracking_server_restarts(tmp_path):
     from mlflow.tracking import MlflowClient
-    from unit._tiny_lvdm import make_bundle
+    from support.tiny_lvdm import make_bundle
 
     bundle = make_bundle(tmp_path / "model")
     out = tmp_path / "samples"

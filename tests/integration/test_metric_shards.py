@@ -18,7 +18,7 @@ import pytest
 from prefect import flow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _tiny_extractors import moving_video, write_stub_weights  # noqa: E402
+from support.tiny_extractors import moving_video, write_stub_weights  # noqa: E402
 
 from echo_core.errors import UsageError
 from echo_core.metrics.api import MetricsConfig, MetricsOptions, compute_metrics
@@ -163,9 +163,9 @@ def _measure(plan: DatasetPlan, cfg: EvaluateConfig, shards: int) -> dict:
 def _extract_task_states(flow_run_id: str, expected: int) -> list[str]:
     """States of the flow run's extract-features task runs, once the server has recorded `expected` final ones
     (task states reach the server as events, a moment after the flow returns)."""
-    from helpers_servers import wait_for
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from support.servers import wait_for
 
     def final_states() -> list[str] | None:
         with get_client(sync_client=True) as client:
@@ -203,7 +203,7 @@ def test_prefect_thread_runner_shards_equal_sequential(trees, tmp_path):
 
 @pytest.mark.slow
 def test_dask_cluster_shards_equal_sequential(trees, tmp_path, monkeypatch):
-    from helpers_servers import dask_behind_prefect
+    from support.servers import dask_behind_prefect
 
     plan, cfg = _evaluation_inputs(trees, tmp_path, ratios=False)  # 4 extractions x 2 shards: time is server-bound
     sequential = dataset_metrics(plan, cfg)

@@ -9,7 +9,7 @@ import subprocess
 import psutil
 import pytest
 import yaml
-from helpers_servers import BIN, Processes, run_cli
+from support.servers import BIN, Processes, run_cli
 from unit.test_training_loop import tiny_train_section, write_latent_store
 
 from pipelines.ops.processes import free_port, spawn, wait_http_ok

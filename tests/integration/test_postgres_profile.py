@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers_servers import BIN, Processes
+from support.servers import BIN, Processes
 
 from pipelines.ops.processes import free_port, spawn, wait_http_ok
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import yaml
-from helpers_servers import (
+from support.servers import (
     REPO_ROOT,
     Processes,
     drain_prefect_workers,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder  # noqa: E402
+from support.tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder  # noqa: E402
 
 from echo_core.data.video import probe_video  # noqa: E402
 

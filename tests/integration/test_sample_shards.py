@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers_servers import dask_behind_prefect
+from support.servers import dask_behind_prefect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder, tiny_config  # noqa: E402
+from support.tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder, tiny_config  # noqa: E402
 
 pytestmark = [pytest.mark.integration]
 MODEL_URI = "models:/echo-lvdm@candidate"
@@ -44,7 +44,7 @@ def project(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     from echo_core.config import load_section
-    from echo_core.sampling.generate import SampleConfig
+    from echo_core.generation.generate import SampleConfig
     from pipelines.flows.sample import run_sampling
     from pipelines.serving.register import register_serving_model
 
@@ -127,7 +127,7 @@ def test_two_shards_on_threads_match_the_sequential_path_and_track_once(project,
 
 @pytest.mark.slow
 def test_rerun_after_a_killed_shard_generates_only_the_missing_samples(project, harness):
-    from echo_core.sampling.generate import SampleConfig, generate_shard, plan_generation, start_generation
+    from echo_core.generation.generate import SampleConfig, generate_shard, plan_generation, start_generation
     from pipelines.flows.sample import load_sampler, resolve_model, sample
 
     root, params, sequential = project
@@ -155,7 +155,7 @@ def test_rerun_after_a_killed_shard_generates_only_the_missing_samples(project, 
 def test_shard_ranges_keep_the_sequential_batches_and_once_only_steps_guard_the_shards(tmp_path):
     """Pure planning (config only, no weights): ranges over a resumed folder's missing samples."""
     from echo_core.errors import DataError, UsageError
-    from echo_core.sampling.generate import (
+    from echo_core.generation.generate import (
         SampleConfig,
         finish_generation,
         generate_shard,

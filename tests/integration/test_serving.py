@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _tiny_lvdm import make_lvdm_folder, make_vae_folder  # noqa: E402
+from support.tiny_lvdm import make_lvdm_folder, make_vae_folder  # noqa: E402
 
 from echo_core.data.video import probe_video  # noqa: E402
 
@@ -80,7 +80,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def server(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
-    from echo_core.sampling.requests import ServingLimits
+    from echo_core.generation.requests import ServingLimits
     from pipelines.serving.register import register_serving_model
     from pipelines.tracking import tracking_uri
 

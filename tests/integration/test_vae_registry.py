@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from _latent_data import make_prepared_dataset  # noqa: E402
+from support.latent_data import make_prepared_dataset  # noqa: E402
 
 from echo_core.models.vae import build_vae  # noqa: E402
 from echo_core.utils.hashing import sha256_file  # noqa: E402

@@ -20,8 +20,8 @@ from echo_core.downstream.classification import (
     run_classification,
 )
 from echo_core.downstream.data import ClipDataset, LabelMap, VideoRecord, VideoStore, clip_indices, scan_video_folder
-from echo_core.downstream.metrics import classification_metrics, regression_metrics, roc_auc
 from echo_core.downstream.regression import RegressionConfig, run_ef_regression
+from echo_core.downstream.scores import classification_metrics, regression_metrics, roc_auc
 from echo_core.errors import ConfigError, DataError, UsageError
 from echo_core.models.classifier import build_video_model
 from echo_core.tracking import NullTracker

@@ -14,17 +14,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from _latent_data import make_prepared_dataset
 from safetensors import safe_open
+from support.latent_data import make_prepared_dataset
 
-from echo_core.data.encode import EncodeConfig, encode_dataset, video_seed
-from echo_core.data.latent_store import (
+from echo_core.errors import DataError, WeightsError
+from echo_core.latents.encode import EncodeConfig, encode_dataset, video_seed
+from echo_core.latents.store import (
     import_reference_latents,
     read_latents,
     read_manifest,
     write_latents,
 )
-from echo_core.errors import DataError, WeightsError
 from echo_core.models.vae import build_vae, fingerprint_vae, load_vae
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_reference_latents_import_with_weights_only(tmp_path):
 
 
 def test_latent_file_round_trips_metadata(tmp_path):
-    from echo_core.data.latent_store import LatentMeta
+    from echo_core.latents.store import LatentMeta
 
     meta = LatentMeta(fps=29.97, source_sha256="ab", scaling_factor=0.18215, mode="mean", vae_sha256="cd")
     write_latents(tmp_path / "x.safetensors", torch.ones(2, 4, 14, 14), meta, torch.float32)

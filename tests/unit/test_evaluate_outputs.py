@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _latent_data import moving_blob  # noqa: E402
+from support.latent_data import moving_blob  # noqa: E402
 
 from echo_core.errors import ConfigError  # noqa: E402
-from echo_core.sampling.generate import PARAMS_FILE, SampleConfig
+from echo_core.generation.generate import PARAMS_FILE, SampleConfig
 from pipelines.flows.evaluate import (
     EvaluateConfig,
     classification_plots,

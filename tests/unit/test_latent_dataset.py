@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from echo_core.config import validate_config
-from echo_core.data.latents import LatentClipDataset, LatentDatasetConfig, clip_indices
 from echo_core.errors import DataError
+from echo_core.latents.clips import LatentClipDataset, LatentDatasetConfig, clip_indices
 from echo_core.models.conditioning import NULL_EF_SCALAR, ConditionEncoder, ConditioningConfig
 
 C, H = 4, 14

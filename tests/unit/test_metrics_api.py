@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_extractors import moving_video, write_stub_weights
+from support.tiny_extractors import moving_video, write_stub_weights
 from typer.testing import CliRunner
 
 from echo_core.errors import DataError, UsageError, WeightsError

@@ -16,23 +16,23 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny_lvdm import make_bundle  # noqa: E402
+from support.tiny_lvdm import make_bundle  # noqa: E402
 
-from echo_core.data.latent_store import LatentMeta, write_latents  # noqa: E402
 from echo_core.data.video import probe_video  # noqa: E402
 from echo_core.errors import DataError, UsageError  # noqa: E402
-from echo_core.sampling.conditions import (  # noqa: E402
+from echo_core.generation.conditions import (  # noqa: E402
     ConditionsConfig,
     list_frame_sources,
     load_latent_frame,
     plan_samples,
     read_conditions_csv,
 )
-from echo_core.sampling.default_frame import read_frame_png  # noqa: E402
-from echo_core.sampling.generate import SampleConfig, generate_samples  # noqa: E402
-from echo_core.sampling.pipeline import DEFAULT_FRAME_FILE, load_pipeline  # noqa: E402
-from echo_core.sampling.requests import ServingLimits, decode_frame_png, handle_request, parse_params  # noqa: E402
-from echo_core.sampling.writers import parse_formats  # noqa: E402
+from echo_core.generation.default_frame import read_frame_png  # noqa: E402
+from echo_core.generation.generate import SampleConfig, generate_samples  # noqa: E402
+from echo_core.generation.pipeline import DEFAULT_FRAME_FILE, load_pipeline  # noqa: E402
+from echo_core.generation.requests import ServingLimits, decode_frame_png, handle_request, parse_params  # noqa: E402
+from echo_core.generation.writers import parse_formats  # noqa: E402
+from echo_core.latents.store import LatentMeta, write_latents  # noqa: E402
 
 torch.set_num_threads(2)
 FAST = {"num_frames": 5, "steps": 1, "sampler": "ddim", "fps": 25.0, "device": "cpu"}

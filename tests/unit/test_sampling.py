@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from echo_core.diffusion.objectives import DDPMObjectiveConfig, FlowObjectiveConfig, make_scheduler
-from echo_core.diffusion.sampling import (
+from echo_core.diffusion.samplers import (
     Guidance,
     make_sampling_scheduler,
     merge_windows,

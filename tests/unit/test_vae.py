@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from _latent_data import make_prepared_dataset
 from safetensors.torch import load_file
+from support.latent_data import make_prepared_dataset
 
 from echo_core.data.frames import FrameDataset, load_split_frames
 from echo_core.errors import WeightsError

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from corpus import break_ef_out_of_range, break_non_utf8, make_fixture_dataset, read_raw, write_raw
+from support.corpus import break_ef_out_of_range, break_non_utf8, make_fixture_dataset, read_raw, write_raw
 
 from echo_core.errors import UsageError
 from pipelines.validation import (

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 
 from echo_core.config import StrictModel
 from echo_core.errors import DataError, UsageError
-from echo_core.sampling.pipeline import CondSpec
+from echo_core.generation.pipeline import CondSpec
 
 LATENT_SUFFIXES = (".safetensors", ".pt")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -159,7 +159,7 @@ def plan_samples(num_samples: int, seed: int, cfg: ConditionsConfig, frames: lis
 def load_latent_frame(path: Path, rule: Literal["first", "random"], seed: int) -> torch.Tensor:
     """One frame latent (C, h, w) from a (T, C, h, w) video latent or a (C, h, w) frame latent."""
     if path.suffix.lower() == ".safetensors":
-        from echo_core.data.latent_store import read_latents
+        from echo_core.latents.store import read_latents
 
         latents, _ = read_latents(path)
     else:

@@ -39,7 +39,8 @@ from pydantic import Field
 
 from echo_core.config import StrictModel
 from echo_core.data.filelist import read_filelist, resolve_video
-from echo_core.data.latent_store import (
+from echo_core.errors import DataError
+from echo_core.latents.store import (
     FILELIST,
     LATENTS_DIR,
     LatentMeta,
@@ -49,7 +50,6 @@ from echo_core.data.latent_store import (
     write_latents,
     write_store_index,
 )
-from echo_core.errors import DataError
 from echo_core.models.vae import VaeInfo, check_vae_matches, downsample_factor, frames_to_input
 from echo_core.tracking import NullTracker, Tracker
 from echo_core.utils.atomic import remove_stale_temps

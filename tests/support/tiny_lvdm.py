@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from echo_core.data.latents import LatentDatasetConfig
 from echo_core.diffusion.objectives import DDPMObjectiveConfig, FlowObjectiveConfig
+from echo_core.generation.pipeline import build_serving_bundle
+from echo_core.latents.clips import LatentDatasetConfig
 from echo_core.models.conditioning import ConditioningConfig
 from echo_core.models.unet import UNetConfig
 from echo_core.models.vae import build_vae
-from echo_core.sampling.pipeline import build_serving_bundle
 from echo_core.training.loop import LvdmTrainConfig, build_net, save_lvdm_folder
 
 WINDOW = 4

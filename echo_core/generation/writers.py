@@ -61,7 +61,7 @@ def write_safetensors(path: Path, frames: np.ndarray, latents: torch.Tensor | No
     """Atomically write frames (+ latents) with string metadata; the same sample gives the same bytes."""
     from safetensors.torch import save
 
-    from echo_core.data.latent_store import canonical_safetensors
+    from echo_core.latents.store import canonical_safetensors
 
     tensors = {"frames": torch.from_numpy(np.ascontiguousarray(frames))}
     if latents is not None:

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from echo_core.config import StrictModel
-from echo_core.diffusion.sampling import Callback, check_sampler, sample_video
+from echo_core.diffusion.samplers import Callback, check_sampler, sample_video
 from echo_core.errors import DataError, WeightsError
 from echo_core.models.conditioning import MISSING_CLASS_ID, ConditionEncoder, ConditioningConfig, render_prompt
 from echo_core.models.unet import LatentVideoDenoiser

@@ -26,9 +26,9 @@ from pydantic import Field, model_validator
 
 from echo_core.config import StrictModel
 from echo_core.diffusion.objectives import FlowObjectiveConfig
-from echo_core.diffusion.sampling import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
+from echo_core.diffusion.samplers import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
 from echo_core.errors import DataError
-from echo_core.sampling.pipeline import CondSpec, LvdmPipeline, SamplerOptions, check_spec
+from echo_core.generation.pipeline import CondSpec, LvdmPipeline, SamplerOptions, check_spec
 
 OUTPUT_FORMATS = {"mp4": "video/mp4", "avi": "video/x-msvideo", "gif": "image/gif", "npy": "application/x-npy"}
 INPUT_COLUMNS = ("ef", "class_id", "text", "conditioning_frame")

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 
 from echo_core.data.filelist import write_filelist
 from echo_core.errors import DataError, UsageError
-from echo_core.sampling.conditions import (
+from echo_core.generation.conditions import (
     ConditionsConfig,
     FrameRef,
     SamplePlan,
@@ -36,8 +36,8 @@ from echo_core.sampling.conditions import (
     load_latent_frame,
     plan_samples,
 )
-from echo_core.sampling.pipeline import LvdmPipeline, SamplerOptions, check_lvdm_folder, check_spec
-from echo_core.sampling.writers import describe_sample, is_done, parse_formats, write_sample
+from echo_core.generation.pipeline import LvdmPipeline, SamplerOptions, check_lvdm_folder, check_spec
+from echo_core.generation.writers import describe_sample, is_done, parse_formats, write_sample
 from echo_core.training.loop import LVDM_CONFIG_FILE, LvdmTrainConfig
 from echo_core.utils.atomic import remove_stale_temps, write_json_atomic
 from echo_core.utils.hashing import config_hash

@@ -1,7 +1,7 @@
 """The documented default conditioning frame: the end-diastolic frame of a phantom A4C clip (never a patient).
 
 Served when a request sends no `conditioning_frame`. Regenerate `pipelines/serving/default_frame.png` with
-    python -m echo_core.sampling.default_frame pipelines/serving/default_frame.png
+    python -m echo_core.generation.default_frame pipelines/serving/default_frame.png
 (same bytes every time: fixed seed, fixed spec, deterministic PNG encoder).
 """
 
