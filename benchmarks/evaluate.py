@@ -52,7 +52,7 @@ def source_folder(args, sandbox: Path) -> Path:
         from support.tiny_lvdm import make_bundle
 
         return make_bundle(sandbox / "tiny")
-    from pipelines.tracking import resolve_model_folder
+    from pipelines.registry import resolve_model_folder
 
     return resolve_model_folder(args.model).resolve()
 
@@ -90,9 +90,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from echo_core.config import load_params
+    from echo_core.evaluation.config import EvaluateConfig, dataset_names
     from echo_core.metrics.api import library_versions
     from echo_core.utils.atomic import write_json_atomic
-    from pipelines.flows.evaluate import EvaluateConfig, dataset_names
 
     params = load_params(args.params)
     datasets = dataset_names(args.params, EvaluateConfig.model_validate(params.get("evaluate") or {}), args.dataset)
@@ -103,7 +103,8 @@ def main() -> None:
         prepare_sandbox(sandbox, datasets, args.params)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{sandbox / 'mlflow.db'}"
         os.chdir(sandbox)
-        from pipelines.tracking import log_model_folder, start_run
+        from pipelines.registry import log_model_folder
+        from pipelines.tracking import start_run
 
         with start_run("evaluate-bench"):
             version = log_model_folder(folder, name="lvdm", registered_model_name=BENCH_MODEL).version

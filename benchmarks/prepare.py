@@ -49,7 +49,7 @@ def sequential_or_threads(raw: dict[str, Path], out: Path, workers: int) -> int:
     for name, src in raw.items():
         report = prepare_dataset(name, src, out / "prepared" / name, workers=workers)
         build_reference(report.dst, out / "reference" / name, frames=16, workers=workers)
-        n += report.rows
+        n += report.count
     return n
 
 

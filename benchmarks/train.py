@@ -1,6 +1,6 @@
 """LVDM training-step throughput: EchoForge's training step vs the reference systems' step, in one process.
 
-Ours: the real machinery of `echo_core.training.loop` (`build_run` → accelerate, `LvdmNet`, condition
+Ours: the real machinery of `echo_core.training` (`build_run(LvdmTask)` → accelerate, `LvdmNet`, condition
 dropout, the objective's masked loss `< padding`, AdamW + clip + LR schedule, our EMA) reading clips through
 `LatentClipDataset` (memory-mapped safetensors slices: only the clip's frames are read).
 Reference (seed-systems §3.1–3.2, §8.5, §8.31): the same SVD UNet config, fp16 autocast + GradScaler on CUDA,
@@ -249,7 +249,9 @@ def run_reference(config: str, ref: Path, batch: int, frames: int, steps: int, w
 
 def run_ours(config: str, store: Path, batch: int, frames: int, steps: int, warmup: int,
              workers: int, device: torch.device) -> dict[str, Any]:
-    from echo_core.training.loop import LvdmTrainConfig, build_run, optimizer_step
+    from echo_core.training.lvdm import LvdmTask, LvdmTrainConfig
+    from echo_core.training.run import build_run
+    from echo_core.training.trainer import optimizer_step
 
     cfg = LvdmTrainConfig.model_validate({
         "model": {"name": config}, "dataset": {"num_frames": frames, "target_fps": TARGET_FPS},
@@ -258,13 +260,13 @@ def run_ours(config: str, store: Path, batch: int, frames: int, steps: int, warm
         "validation": {"every": None}, "num_workers": workers, "seed": 0,
     })
     start_rss = _rss_mb()
-    run = build_run(cfg, [store], None)
+    run = build_run(LvdmTask(cfg, [store]))
     run.net.train()
     timer = FetchTimer(run.next_batch)
     run.next_batch = timer  # the real optimizer step, with its batch fetches timed
     result = measure(lambda: optimizer_step(run), timer, steps, warmup, batch, device, start_rss)
     result["parameters"] = sum(p.numel() for p in run.module.parameters())
-    result["procedure"] = (f"echo_core.training.loop optimizer step (accelerate, mixed_precision="
+    result["procedure"] = (f"echo_core.training optimizer step (accelerate, mixed_precision="
                            f"{cfg.optim.mixed_precision}), LatentClipDataset mmap slices, mask < padding, "
                            "condition dropout, AdamW + clip + LR schedule, EMA")
     run.accelerator.end_training()
@@ -287,7 +289,7 @@ def preload_modules() -> None:
     from diffusers import UNetSpatioTemporalConditionModel  # noqa: F401
     from diffusers.training_utils import EMAModel  # noqa: F401
 
-    import echo_core.training.loop  # noqa: F401
+    import echo_core.training.lvdm  # noqa: F401
 
 
 def bench_config(config: str, work: Path, args, device: torch.device) -> dict[str, Any]:

@@ -31,7 +31,7 @@ GROUPS = [
     ("vae", "Train, import and register the VAE.", ["vae"]),
     ("latents", "Encode prepared datasets into VAE latents.", ["latents"]),
     ("evaluate", "FID/FVD/IS/KID and downstream evaluation.", ["evaluate"]),
-    ("flow", "Run the Prefect flows (preprocess, ...) from the command line.", ["flow"]),
+    ("flow", "Run a Prefect flow: preprocess, encode, train, sample, evaluate, end-to-end.", ["flow"]),
     ("train", "Train the latent video diffusion model.", ["train"]),
     ("registry", "Promote, roll back and list registered model versions.", ["registry"]),
     ("ops", "Servers, deployments and scale-out.", ["ops"]),

@@ -1,6 +1,7 @@
-"""MLflow adapter: runs, params, buffered metrics, artifacts, registry, aliases, lineage tags.
+"""MLflow tracking adapter: runs, params, buffered metrics, artifacts, lineage tags (the model registry is
+pipelines/registry.py).
 
-The only module (with pipelines/serving) that talks to MLflow. echo_core sees it through the
+With pipelines/registry.py the only module that talks to `MlflowClient`. echo_core sees it through the
 `echo_core.tracking.Tracker` protocol. Metrics, params, tags and artifacts are queued and sent by a
 background thread, so a tracking server that is down or restarting never stalls or kills training: calls
 are retried until they are accepted, and `close()` waits (bounded) for the queue to drain.
@@ -9,7 +10,6 @@ are retried until they are accepted, and `close()` waits (bounded) for the queue
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -31,7 +31,6 @@ from echo_core.utils.hashing import config_hash, sha256_tree
 log = logging.getLogger("echoforge.tracking")
 
 _PARAM_MAX = 6000  # MLflow 3 param value limit (chars)
-FOLDER_MODEL_CODE = Path(__file__).parent / "serving" / "folder_model.py"
 
 
 def _mlflow():
@@ -268,6 +267,26 @@ def start_run(experiment: str, run_name: str | None = None, tags: dict[str, str]
             tracker.close()
 
 
+class PrefixedTracker:
+    """One part's view of a shared run (e.g. one dataset of an evaluation): its metrics, params, tags and
+    artefacts are namespaced under `prefix`."""
+
+    def __init__(self, inner, prefix: str):
+        self.inner, self.prefix = inner, prefix
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.inner.log_params({self.prefix: params})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics({f"{self.prefix}/{k}": v for k, v in metrics.items()}, step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.inner.log_artifact(path, f"{self.prefix}/{artifact_path}" if artifact_path else self.prefix)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.inner.set_tags({f"{self.prefix}.{k}": v for k, v in tags.items()})
+
+
 # -- lineage ------------------------------------------------------------------------------------------
 def git_commit(root: Path | None = None) -> str:
     try:
@@ -308,111 +327,3 @@ def lineage_tags(config: Any, data_paths: list[str | Path] | None = None) -> dic
     for i, p in enumerate(data_paths or []):
         tags["data_dvc_hash" if i == 0 else f"data_dvc_hash_{i}"] = data_hash(p)
     return tags
-
-
-# -- registry -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    name: str
-    version: str
-    uri: str
-    run_id: str | None
-
-
-def log_model_folder(folder: str | Path, *, name: str, registered_model_name: str, alias: str | None = None,
-                     tags: dict[str, str] | None = None, python_model_file: str | Path | None = None,
-                     pip_requirements: list[str] | None = None) -> ModelVersionInfo:
-    """Log `folder` as the artifact `model_dir` of a models-from-code pyfunc in the active run and register it."""
-    mlflow = _mlflow()
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(python_model_file or FOLDER_MODEL_CODE),
-        artifacts={"model_dir": str(folder)},
-        pip_requirements=pip_requirements or _default_requirements(),
-        registered_model_name=registered_model_name,
-    )
-    version = str(info.registered_model_version)
-    client = mlflow.tracking.MlflowClient(tracking_uri())
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(registered_model_name, version, key, str(value))
-    if alias:
-        client.set_registered_model_alias(registered_model_name, alias, version)
-    return ModelVersionInfo(registered_model_name, version, f"models:/{registered_model_name}/{version}",
-                            mlflow.active_run().info.run_id if mlflow.active_run() else None)
-
-
-def _default_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "diffusers", "safetensors", "pandas", "numpy")]
-
-
-def get_model_version(name: str, alias_or_version: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri())
-    try:
-        if alias_or_version.isdigit():
-            return client.get_model_version(name, alias_or_version)
-        return client.get_model_version_by_alias(name, alias_or_version)
-    except Exception as exc:
-        raise TrackingError(
-            f"model '{name}' has no version/alias '{alias_or_version}' in {tracking_uri()} ({type(exc).__name__})",
-            fix=f"list versions with `echoforge registry list --model {name}`",
-        ) from None
-
-
-def version_of_uri(uri: str):
-    """The registry ModelVersion behind `models:/name@alias` or `models:/name/3`."""
-    name, sep, ref = uri.removeprefix("models:/").partition("@")
-    if not sep:
-        name, _, ref = name.partition("/")
-    return get_model_version(name, ref)
-
-
-def resolve_model_folder(uri_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """Local folder for `models:/name@alias`, `models:/name/3`, or an existing local folder."""
-    text = str(uri_or_path)
-    if not text.startswith("models:/"):
-        path = Path(text)
-        if not path.is_dir():
-            raise TrackingError(f"model folder not found: {path}", fix="pass a folder or models:/<name>@<alias>")
-        return path
-    mv = version_of_uri(text)
-    name = mv.name
-    # Keyed on the store and the version's source too: a reset DB or another tracking server re-uses
-    # version numbers, and a cache keyed on the number alone would hand back stale weights.
-    key = hashlib.sha256(f"{tracking_uri()}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
-    dst = Path(cache_dir or Path.cwd() / "mlruns" / "downloads") / f"{name}-v{mv.version}-{key}"
-    if not (dst / "MLmodel").is_file():
-        _download_atomic(f"models:/{name}/{mv.version}", dst)
-    return _artifact_dir(dst, "model_dir", text)
-
-
-def _download_atomic(uri: str, dst: Path) -> None:
-    import shutil
-    import tempfile
-
-    mlflow = _mlflow()
-    mlflow.set_tracking_uri(tracking_uri())
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
-        try:
-            os.replace(tmp, dst)
-        except OSError:
-            # another process (a parallel shard) finished the same download first: its copy is complete
-            if not (dst / "MLmodel").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _artifact_dir(model_root: Path, key: str, label: str) -> Path:
-    """Where the pyfunc artifact `key` lives inside a downloaded model (MLmodel records the path)."""
-    mlmodel = yaml.safe_load((model_root / "MLmodel").read_text())
-    rel = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {}).get(key, {}).get("path")
-    if not rel or not (model_root / rel).exists():
-        raise TrackingError(f"{label} has no '{key}' artifact", fix="re-register the model")
-    return model_root / rel

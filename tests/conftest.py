@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support import REPO_ROOT
 
 _STATE = Path(tempfile.mkdtemp(prefix="echoforge-test-state-"))
 for key, value in {
@@ -24,9 +25,6 @@ for key, value in {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }.items():
     os.environ[key] = value
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -23,16 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
+from echo_core.config import StrictModel
 from echo_core.data.filelist import CARDIACNET_CLASSES, CARDIACNET_CONDITIONS, SPLITS, class_id_for
-from echo_core.data.prepare import (
-    CardiacNetConfig,
-    PrepareConfig,
-    PreparePlan,
-    VideoJob,
-    apply_exclude,
-    check_src_dst,
-)
+from echo_core.data.jobs import Job, Plan, apply_exclude, check_src_dst
 from echo_core.errors import DataError
 
 COLUMNS = ("FileName", "condition", "class_name", "class_id", "patient_id", "FPS", "FrameHeight",
@@ -42,6 +37,31 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 LABEL_WORDS = {"label", "labels", "mask", "masks", "seg", "segmentation", "gt", "annotation", "annotations"}
 _PATIENT = re.compile(r"^(\d+)(?:_image\.nii(?:\.gz)?)?$", re.IGNORECASE)
 FPS_NOTE = "FPS is the stated playback rate (prepare.cardiacnet.fps), not the acquisition rate"
+LAYOUT = "cardiacnet: FileList.csv + Videos/<FileName>.mp4"
+
+
+class CardiacNetConfig(StrictModel):
+    """NIfTI -> MP4 conversion and patient-level split of CardiacNet (params.yaml `prepare.cardiacnet`)."""
+
+    fps: float = Field(32.0, gt=0)  # stated playback rate: the NIfTI files carry no trusted acquisition rate
+    size: int = Field(112, ge=8)
+    split_ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)  # TRAIN, VAL, TEST
+    # Intensity window over the WHOLE volume; (0, 100) = global min/max. Per-frame windows flicker.
+    intensity_percentiles: tuple[float, float] = (0.0, 100.0)
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) < 0 or v[0] <= 0 or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must be >= 0, TRAIN > 0, and sum to 1; got {list(v)}")
+        return v
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _percentiles_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] < v[1] <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100; got {list(v)}")
+        return v
 
 
 @dataclass(frozen=True)
@@ -191,33 +211,32 @@ def assign_splits(patients: pd.DataFrame, ratios: tuple[float, float, float], se
 # ----------------------------------------------------------------------------------------------- plan
 
 
-def plan_cardiacnet(src: str | os.PathLike, dst: str | os.PathLike, *, config: PrepareConfig | None = None,
-                    exclude: Iterable[str] = ()) -> PreparePlan:
-    """Scan the NIfTI tree, assign patient-level splits, one `nifti` job per image volume."""
-    config = config or PrepareConfig()
-    cfg = config.cardiacnet
+def plan_cardiacnet(src: str | os.PathLike, dst: str | os.PathLike, *, config: CardiacNetConfig | None = None,
+                    seed: int = 42, exclude: Iterable[str] = ()) -> Plan:
+    """Scan the NIfTI tree, assign seeded patient-level splits, one `convert_volume` job per image volume."""
+    cfg = config or CardiacNetConfig()
     src, dst = check_src_dst(src, dst)
     volumes, skipped = scan_cardiacnet(src)
     rows = pd.DataFrame([{"FileName": v.file_name, "condition": v.condition, "class_name": v.class_name,
                           "class_id": class_id_for(v.class_name), "patient_id": v.patient_id}
                          for v in volumes])
     # Split over ALL patients before exclusion: quarantining one video must not reshuffle everyone else.
-    split_of, warnings = assign_splits(rows, cfg.split_ratios, config.seed)
+    split_of, warnings = assign_splits(rows, cfg.split_ratios, seed)
     rows["Split"] = rows["patient_id"].map(split_of)
     kept, excluded, unknown = apply_exclude(rows, exclude)
     by_name = {v.file_name: v for v in volumes}
     params = {"fps": cfg.fps, "size": cfg.size, "intensity_percentiles": list(cfg.intensity_percentiles)}
-    jobs = tuple(VideoJob(op="nifti", file_name=row["FileName"], source=str(by_name[row["FileName"]].path),
-                          output=f"Videos/{row['FileName']}.mp4", row=row, params=params,
-                          where=f"{by_name[row['FileName']].path} (FileName {row['FileName']!r})")
+    jobs = tuple(Job(op=convert_volume, file_name=row["FileName"], source=str(by_name[row["FileName"]].path),
+                     output=f"Videos/{row['FileName']}.mp4", row=row, params=params,
+                     where=f"{by_name[row['FileName']].path} (FileName {row['FileName']!r})")
                  for row in kept.to_dict(orient="records"))
     # No FileList: the source hash is that of the converted image volumes (added per job result).
-    return PreparePlan(kind="cardiacnet", src=str(src), dst=str(dst), jobs=jobs, columns=COLUMNS,
-                       params={"seed": config.seed, **cfg.model_dump(mode="json")}, source_files={},
-                       excluded=excluded, unknown_excludes=unknown,
-                       notes={"fps": FPS_NOTE, "skipped_label_files": len(skipped),
-                              "class_map": {str(k): v for k, v in CARDIACNET_CLASSES.items()}},
-                       warnings=tuple(warnings))
+    return Plan(kind="cardiacnet", layout=LAYOUT, src=str(src), dst=str(dst), jobs=jobs,
+                params={"seed": seed, **cfg.model_dump(mode="json")}, source_files={}, columns=COLUMNS,
+                excluded=excluded, unknown_excludes=unknown,
+                notes={"fps": FPS_NOTE, "skipped_label_files": len(skipped),
+                       "class_map": {str(k): v for k, v in CARDIACNET_CLASSES.items()}},
+                warnings=tuple(warnings))
 
 
 # -------------------------------------------------------------------------------------------- convert
@@ -254,8 +273,8 @@ def normalise_volume(volume: np.ndarray, percentiles: tuple[float, float] = (0.0
     return np.rint(scaled).astype(np.uint8)
 
 
-def convert_volume(job: VideoJob, out: Path) -> dict[str, Any]:
-    """Job op `nifti`: one NIfTI image volume -> size x size gray MP4 at the stated fps."""
+def convert_volume(job: Job, out: Path) -> dict[str, Any]:
+    """Job op: one NIfTI image volume -> size x size gray MP4 at the stated fps."""
     from echo_core.data.video import probe_video, resize_frames, write_video
 
     params = job.params

@@ -8,49 +8,33 @@ the new frame facts), and the export is atomic and resumable like every other pr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from echo_core.data.filelist import read_filelist, write_filelist
-from echo_core.data.prepare import (
-    MANIFEST,
-    VideoJob,
+from echo_core.data.filelist import read_filelist
+from echo_core.data.jobs import (
+    VIDEO_FACTS,
+    Job,
+    Plan,
+    Report,
     check_src_dst,
     check_unique,
-    code_version,
-    commit_staging,
-    display_path,
+    finalize,
     locate,
     open_staging,
-    results_in_plan_order,
     run_jobs,
-    source_hash,
-    staging_dir,
-    swap_into,
 )
 from echo_core.errors import DataError
-from echo_core.utils.atomic import write_json_atomic
 from echo_core.utils.hashing import sha256_file
 
-
-@dataclass(frozen=True)
-class ExportPlan:
-    src: str
-    dst: str
-    jobs: tuple[VideoJob, ...]
-    columns: tuple[str, ...]
-    params: dict[str, Any]
-    filelist_sha256: str
+LAYOUT = "<FileName>/%04d.jpg, gray replicated to RGB, JPEG quality 100"
 
 
 def plan_export(src_prepared: str | os.PathLike, dst: str | os.PathLike, *,
                 splits: Sequence[str] | None = None, size: int | None = None,
-                fps: float | None = None) -> ExportPlan:
-    """One `jpg` job per FileList row in `splits` (all rows when None)."""
+                fps: float | None = None) -> Plan:
+    """One `write_jpg_video` job per FileList row in `splits` (all rows when None)."""
     src, dst = check_src_dst(src_prepared, dst)
     filelist = src / "FileList.csv"
     df = read_filelist(filelist)
@@ -67,17 +51,16 @@ def plan_export(src_prepared: str | os.PathLike, dst: str | os.PathLike, *,
     for line, row in zip(df.index, df.to_dict(orient="records"), strict=True):
         where = f"{filelist} line {line + 2} (FileName {row['FileName']!r})"
         source = locate(src, row["FileName"], where)
-        jobs.append(VideoJob(op="jpg", file_name=row["FileName"], source=str(source), output=row["FileName"],
-                             row=row, params=params, where=where))
-    columns = tuple(df.columns) + tuple(c for c in ("FrameHeight", "FrameWidth", "FPS", "NumberOfFrames")
-                                        if c not in df.columns)
-    return ExportPlan(src=str(src), dst=str(dst), jobs=tuple(jobs), columns=columns,
-                      params={"splits": list(splits) if splits else None, **params},
-                      filelist_sha256=sha256_file(filelist))
+        jobs.append(Job(op=write_jpg_video, file_name=row["FileName"], source=str(source), output=row["FileName"],
+                        row=row, params=params, where=where))
+    columns = tuple(df.columns) + tuple(c for c in VIDEO_FACTS if c not in df.columns)
+    return Plan(kind="jpg-export", layout=LAYOUT, src=str(src), dst=str(dst), jobs=tuple(jobs),
+                params={"splits": list(splits) if splits else None, **params},
+                source_files={"FileList.csv": sha256_file(filelist)}, columns=columns)
 
 
-def write_jpg_video(job: VideoJob, out: Path) -> dict[str, Any]:
-    """Job op `jpg`: a whole video (optionally resized / resampled to `fps`) as `out/%04d.jpg`."""
+def write_jpg_video(job: Job, out: Path) -> dict[str, Any]:
+    """Job op: a whole video (optionally resized / resampled to `fps`) as `out/%04d.jpg`."""
     from echo_core.data.video import read_video, resample_indices, write_jpg_tree
 
     size, fps = job.params["size"], job.params["fps"]
@@ -91,33 +74,10 @@ def write_jpg_video(job: VideoJob, out: Path) -> dict[str, Any]:
             "FPS": float(fps if fps is not None else src_fps), "NumberOfFrames": len(video)}
 
 
-def finalize_export(plan: ExportPlan, results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Write FileList.csv + manifest.json and swap the staged tree into dst; returns the manifest."""
-    staging, dst = staging_dir(plan.dst), Path(plan.dst)
-    ordered = results_in_plan_order(plan.jobs, results)
-    df = pd.DataFrame([r["row"] for r in ordered], columns=list(plan.columns))
-    write_filelist(df, staging / "FileList.csv")
-    sha = commit_staging(staging, dst, ["FileList.csv", *(r["output"] for r in ordered)])
-    manifest = {
-        "kind": "jpg-export",
-        "layout": "<FileName>/%04d.jpg, gray replicated to RGB, JPEG quality 100",
-        "source": {"path": display_path(plan.src),
-                   "sha256": source_hash({"FileList.csv": plan.filelist_sha256}, ordered)},
-        "params": plan.params,
-        "rows": len(df),
-        "reused": sum(r["reused"] for r in ordered),
-        "output_sha256": sha,
-        "code_version": code_version(),
-    }
-    write_json_atomic(staging / MANIFEST, manifest)
-    swap_into(staging, dst)
-    return manifest
-
-
 def export_jpg(src_prepared: str | os.PathLike, dst: str | os.PathLike, *,
                splits: Sequence[str] | None = None, size: int | None = None, fps: float | None = None,
-               workers: int = 1) -> dict[str, Any]:
+               workers: int = 1) -> Report:
     """Sequential convenience: plan, export every video (resuming a crashed run), finalize."""
     plan = plan_export(src_prepared, dst, splits=splits, size=size, fps=fps)
     staging = open_staging(plan.dst)
-    return finalize_export(plan, run_jobs(plan.jobs, staging, workers=workers, desc="export jpg"))
+    return finalize(plan, run_jobs(plan.jobs, staging, workers=workers, desc="export jpg"))

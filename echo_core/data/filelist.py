@@ -2,7 +2,7 @@
 
 The schemas are the file contracts between stages. Reading checks *structure* only (encoding, required
 columns); *values* (NaN or out-of-range EF, unknown splits) are reported by the Great Expectations suites
-in `pipelines/validation.py`, so a bad row is reported with every other bad row instead of one at a time.
+in `pipelines/validation/`, so a bad row is reported with every other bad row instead of one at a time.
 
 Every path derived from a CSV `FileName` goes through `safe_member`: a FileList is data, and data must not
 be able to point the pipeline at files outside the dataset root.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,12 @@ from pydantic import Field
 
 from echo_core.config import StrictModel
 from echo_core.data.filelist import read_filelist, safe_member
-from echo_core.data.prepare import (
-    MANIFEST,
-    VideoJob,
-    check_src_dst,
-    code_version,
-    commit_staging,
-    display_path,
-    locate,
-    open_staging,
-    results_in_plan_order,
-    run_jobs,
-    source_hash,
-    staging_dir,
-    swap_into,
-)
+from echo_core.data.jobs import Job, Plan, Report, check_src_dst, finalize, locate, open_staging, run_jobs
 from echo_core.errors import DataError
-from echo_core.utils.atomic import write_json_atomic
 from echo_core.utils.hashing import sha256_file
 
 NEEDED = ("FileName", "Split", "FPS", "NumberOfFrames")
+LAYOUT = "stylegan-v: <video>/%04d.jpg, gray replicated to RGB, JPEG quality 100"
 
 
 class ReferenceConfig(StrictModel):
@@ -53,37 +38,6 @@ class ReferenceConfig(StrictModel):
     size: int = Field(112, ge=8)
     max_videos: int | None = Field(None, ge=1)
     seed: int = 42
-
-
-@dataclass(frozen=True)
-class ReferencePlan:
-    src: str
-    dst: str
-    jobs: tuple[VideoJob, ...]
-    params: dict[str, Any]
-    eligible: int
-    filelist_sha256: str
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass
-class ReferenceReport:
-    dst: str
-    videos: int
-    eligible: int
-    requested: int | None
-    frames: int
-    reused: int
-    warnings: list[str]
-    sha256: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        lines = [f"reference set: {self.videos} videos x {self.frames} frames -> {self.dst} "
-                 f"({self.eligible} eligible, {self.reused} reused)"]
-        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
 def eligible_rows(df: pd.DataFrame, frames: int, fps: float) -> pd.DataFrame:
@@ -103,8 +57,8 @@ def select(names: Iterable[str], max_videos: int | None, seed: int) -> list[str]
 
 
 def plan_reference(src_prepared: str | os.PathLike, dst: str | os.PathLike, *,
-                   config: ReferenceConfig) -> ReferencePlan:
-    """Pick the videos and plan one `reference` job each (output folder = FileName)."""
+                   config: ReferenceConfig) -> Plan:
+    """Pick the videos and plan one `write_reference_clip` job each (output folder = FileName)."""
     src, dst = check_src_dst(src_prepared, dst)
     filelist = src / "FileList.csv"
     df = read_filelist(filelist)
@@ -125,22 +79,24 @@ def plan_reference(src_prepared: str | os.PathLike, dst: str | os.PathLike, *,
     by_name = rows.set_index("FileName")
     params = {"frames": config.frames, "fps": config.fps, "size": config.size}
     jobs = tuple(_job(src, filelist, name, float(by_name.at[name, "FPS"]), params) for name in chosen)
-    return ReferencePlan(src=str(src), dst=str(dst), jobs=jobs, params=config.model_dump(mode="json"),
-                         eligible=len(rows), filelist_sha256=sha256_file(filelist), warnings=tuple(warnings))
+    # No `columns`: a reference set is the bare jpg tree (+ manifest.json) that StyleGAN-V reads.
+    return Plan(kind="reference", layout=LAYOUT, src=str(src), dst=str(dst), jobs=jobs,
+                params=config.model_dump(mode="json"), source_files={"FileList.csv": sha256_file(filelist)},
+                notes={"eligible": len(rows), "videos": chosen}, warnings=tuple(warnings))
 
 
-def _job(src: Path, filelist: Path, name: str, src_fps: float, params: dict[str, Any]) -> VideoJob:
+def _job(src: Path, filelist: Path, name: str, src_fps: float, params: dict[str, Any]) -> Job:
     where = f"{filelist} (FileName {name!r})"
     safe_member(src, name)  # the output folder is named after FileName: refuse '..' and absolute names
     if "/" in name or "\\" in name:
         raise DataError(f"{where}: FileName contains a path separator; a reference set is 2 levels deep",
                         fix="rename the video so FileName is a plain name")
-    return VideoJob(op="reference", file_name=name, source=str(locate(src, name, where)), output=name,
-                    row={"FileName": name}, params={**params, "src_fps": src_fps}, where=where)
+    return Job(op=write_reference_clip, file_name=name, source=str(locate(src, name, where)), output=name,
+               row={"FileName": name}, params={**params, "src_fps": src_fps}, where=where)
 
 
-def write_reference_clip(job: VideoJob, out: Path) -> dict[str, Any]:
-    """Job op `reference`: first `frames` frames at `fps`, gray as 3-channel JPEG q100 in `out/%04d.jpg`."""
+def write_reference_clip(job: Job, out: Path) -> dict[str, Any]:
+    """Job op: first `frames` frames at `fps`, gray as 3-channel JPEG q100 in `out/%04d.jpg`."""
     from echo_core.data.video import read_video, resample_indices, write_jpg_tree
 
     p = job.params
@@ -153,37 +109,12 @@ def write_reference_clip(job: VideoJob, out: Path) -> dict[str, Any]:
     return {"NumberOfFrames": len(index)}
 
 
-def finalize_reference(plan: ReferencePlan, results: Iterable[dict[str, Any]]) -> ReferenceReport:
-    staging, dst = staging_dir(plan.dst), Path(plan.dst)
-    ordered = results_in_plan_order(plan.jobs, results)
-    names = [r["file_name"] for r in ordered]
-    sha = commit_staging(staging, dst, names)
-    manifest = {
-        "kind": "reference",
-        "layout": "stylegan-v: <video>/%04d.jpg, gray replicated to RGB, JPEG quality 100",
-        "source": {"path": display_path(plan.src),
-                   "sha256": source_hash({"FileList.csv": plan.filelist_sha256}, ordered)},
-        "params": plan.params,
-        "eligible": plan.eligible,
-        "count": len(names),
-        "videos": names,
-        "sha256": sha,
-        "code_version": code_version(),
-        "warnings": list(plan.warnings),
-    }
-    write_json_atomic(staging / MANIFEST, manifest)
-    swap_into(staging, dst)
-    return ReferenceReport(dst=str(dst), videos=len(names), eligible=plan.eligible,
-                           requested=plan.params["max_videos"], frames=plan.params["frames"],
-                           reused=sum(r["reused"] for r in ordered), warnings=list(plan.warnings), sha256=sha)
-
-
 def build_reference(src_prepared: str | os.PathLike, dst: str | os.PathLike, *, frames: int,
                     fps: float = 32.0, max_videos: int | None = None, seed: int = 42, size: int = 112,
-                    workers: int = 1) -> ReferenceReport:
+                    workers: int = 1) -> Report:
     """Sequential convenience: plan, write every clip (resuming a crashed run), finalize."""
     config = ReferenceConfig(frames=frames, fps=fps, max_videos=max_videos, seed=seed, size=size)
     plan = plan_reference(src_prepared, dst, config=config)
     staging = open_staging(plan.dst)
     results = run_jobs(plan.jobs, staging, workers=workers, desc=f"reference {frames}f")
-    return finalize_reference(plan, results)
+    return finalize(plan, results)

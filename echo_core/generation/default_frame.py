@@ -1,13 +1,12 @@
 """The documented default conditioning frame: the end-diastolic frame of a phantom A4C clip (never a patient).
 
 Served when a request sends no `conditioning_frame`. Regenerate `pipelines/serving/default_frame.png` with
-    python -m echo_core.generation.default_frame pipelines/serving/default_frame.png
+    echoforge default-frame pipelines/serving/default_frame.png
 (same bytes every time: fixed seed, fixed spec, deterministic PNG encoder).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -29,6 +28,7 @@ def make_default_frame(size: int = 112) -> np.ndarray:
 
 
 def write_default_frame(path: str | os.PathLike, size: int = 112) -> Path:
+    """Atomically write `make_default_frame(size)` as a PNG at `path`; returns `path`."""
     from PIL import Image
 
     from echo_core.utils.atomic import atomic_path
@@ -46,10 +46,3 @@ def read_frame_png(path: str | os.PathLike) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("L"))
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="PNG to write")
-    parser.add_argument("--size", type=int, default=112, help="frame size in pixels")
-    args = parser.parse_args()
-    print(write_default_frame(args.out, args.size))

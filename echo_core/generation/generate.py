@@ -3,7 +3,7 @@
 The plan (seed, condition and conditioning file of every sample) is a pure function of the config and the
 conditioning folder, so a re-run after a crash regenerates exactly the missing samples and skips the rest
 (a sample counts as done when all its requested outputs exist; each is renamed into place complete).
-A folder made with different sampling parameters is refused rather than silently mixed.
+A folder made with different generation parameters is refused rather than silently mixed.
 
 Scale-out: `generate_samples` = `start_generation` (once: stale temps, resume check, "running" record)
 → `generate_shard` over the whole plan → `finish_generation` (once: FileList.csv, "complete" record).
@@ -38,7 +38,7 @@ from echo_core.generation.conditions import (
 )
 from echo_core.generation.pipeline import LvdmPipeline, SamplerOptions, check_lvdm_folder, check_spec
 from echo_core.generation.writers import describe_sample, is_done, parse_formats, write_sample
-from echo_core.training.loop import LVDM_CONFIG_FILE, LvdmTrainConfig
+from echo_core.models.lvdm import LvdmSpec, read_lvdm_spec
 from echo_core.utils.atomic import remove_stale_temps, write_json_atomic
 from echo_core.utils.hashing import config_hash
 from echo_core.utils.shards import contiguous_shards
@@ -139,7 +139,7 @@ def _check_resume(out: Path, record: dict[str, Any]) -> None:
 class GenerationJob:
     """One generation without its weights: the ordered plan, where it is written and what is recorded.
 
-    A pure function of (model config, sampling config, conditioning files), so the start step, every shard
+    A pure function of (model config, generation config, conditioning files), so the start step, every shard
     and the finish step rebuild the same job independently (a shard may run on another machine)."""
 
     out: Path
@@ -149,13 +149,12 @@ class GenerationJob:
     fps: float
 
 
-def read_model_config(folder: str | os.PathLike) -> LvdmTrainConfig:
-    """The bundle's training config (lvdm_config.json): all a plan needs, without loading any weights."""
-    meta = json.loads((check_lvdm_folder(folder) / LVDM_CONFIG_FILE).read_text(encoding="utf-8"))
-    return LvdmTrainConfig.model_validate(meta["train"])
+def read_model_config(folder: str | os.PathLike) -> LvdmSpec:
+    """The bundle's model spec (lvdm_config.json): all a plan needs, without loading any weights."""
+    return read_lvdm_spec(check_lvdm_folder(folder))
 
 
-def plan_generation(model_cfg: LvdmTrainConfig, cfg: SampleConfig, out: str | os.PathLike, *,
+def plan_generation(model_cfg: LvdmSpec, cfg: SampleConfig, out: str | os.PathLike, *,
                     conditioning: str | os.PathLike | None = None,
                     model: dict[str, Any] | None = None) -> GenerationJob:
     """Plan every sample (seed, condition, conditioning file); every condition is checked against the model
@@ -222,7 +221,7 @@ def finish_generation(job: GenerationJob, generated: int) -> GenerationReport:
     if left:
         names = ", ".join(job.plans[i].name for i in left[:5])
         raise DataError(f"{len(left)} sample(s) of {job.out} are not written yet ({names}...)",
-                        fix="re-run the sampling: it generates only the missing samples")
+                        fix="re-run the generation: it makes only the missing samples")
     rows = [_filelist_row(p, describe_sample(job.out, p.name, job.cfg.formats, job.fps)) for p in job.plans]
     df = pd.DataFrame(rows).astype({"class_id": "Int64"})
     write_filelist(df, job.out / FILELIST_FILE)

@@ -1,7 +1,7 @@
 """The LVDM inference pipeline: a bundle folder → (conditions, frame, seeds) → uint8 videos.
 
-Bundle layout = the LVDM folder the trainer writes (`echo_core.training.loop.save_lvdm_folder`: the EMA UNet
-as a diffusers folder at the root, `conditioning.safetensors`, `lvdm_config.json`) plus what sampling and
+Bundle layout = the LVDM folder the trainer writes (`echo_core.models.lvdm.LvdmNet.save_pretrained`: the EMA UNet
+as a diffusers folder at the root, `conditioning.safetensors`, `lvdm_config.json`) plus what generation and
 serving need:
 
     vae/                 diffusers AutoencoderKL folder (config.json has `scaling_factor`)
@@ -30,8 +30,8 @@ from echo_core.config import StrictModel
 from echo_core.diffusion.samplers import Callback, check_sampler, sample_video
 from echo_core.errors import DataError, WeightsError
 from echo_core.models.conditioning import MISSING_CLASS_ID, ConditionEncoder, ConditioningConfig, render_prompt
+from echo_core.models.lvdm import CONDITIONING_FILE, LVDM_CONFIG_FILE, LvdmNet, LvdmSpec
 from echo_core.models.unet import LatentVideoDenoiser
-from echo_core.training.loop import CONDITIONING_FILE, LVDM_CONFIG_FILE, LvdmTrainConfig
 from echo_core.utils.atomic import atomic_dir
 
 VAE_DIR = "vae"
@@ -40,7 +40,7 @@ SERVING_FILE = "serving.json"
 
 
 class SamplerOptions(StrictModel):
-    """How to sample (the sampling part of `sample:` in params.yaml, and the serving params)."""
+    """How to sample (the sampler part of `sample:` in params.yaml, and the serving params)."""
 
     sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun"] = "ddpm"
     steps: int = Field(64, ge=1)
@@ -92,7 +92,7 @@ def check_spec(spec: CondSpec, cfg: ConditioningConfig, where: str = "condition"
                         fix=f"send one of {cfg.types}")
 
 
-def conditions_batch(specs: Sequence[CondSpec], cfg: LvdmTrainConfig) -> dict[str, Any]:
+def conditions_batch(specs: Sequence[CondSpec], cfg: LvdmSpec) -> dict[str, Any]:
     """Specs → the collated mapping `ConditionEncoder` reads (missing values → nulls).
 
     A text model given only an EF gets the training prompt template for it (so `--ef 40` works for both).
@@ -110,7 +110,7 @@ class LvdmPipeline:
     """EMA denoiser + condition encoder + VAE, loaded from one bundle folder."""
 
     def __init__(self, denoiser: LatentVideoDenoiser, encoder: ConditionEncoder, vae: Any,
-                 config: LvdmTrainConfig, folder: Path | None = None):
+                 config: LvdmSpec, folder: Path | None = None):
         self.denoiser, self.encoder, self.vae, self.config, self.folder = denoiser, encoder, vae, config, folder
         self.scaling_factor = float(vae.config.scaling_factor)
 
@@ -207,16 +207,15 @@ def load_pipeline(folder: str | os.PathLike, *, vae_folder: str | os.PathLike | 
                   device: str | torch.device = "cpu") -> LvdmPipeline:
     """Load a bundle (or an LVDM folder + a separate `vae_folder`) in eval mode on `device`."""
     from echo_core.models.vae import load_vae
-    from echo_core.training.loop import load_lvdm_folder
 
     folder = check_lvdm_folder(folder)
     vae_folder = Path(vae_folder) if vae_folder is not None else folder / VAE_DIR
     if not vae_folder.is_dir():
         raise WeightsError(f"{folder} has no {VAE_DIR}/ folder and no VAE was given",
                            fix="pass --vae (a VAE folder or models:/echo-vae@<alias>), or use a serving bundle")
-    net, cfg, _ = load_lvdm_folder(folder)
+    net = LvdmNet.from_pretrained(folder)
     vae, _ = load_vae(vae_folder)
-    pipe = LvdmPipeline(net.denoiser.requires_grad_(False), net.conditioner.requires_grad_(False), vae, cfg,
+    pipe = LvdmPipeline(net.denoiser.requires_grad_(False), net.conditioner.requires_grad_(False), vae, net.spec,
                         folder)
     return pipe.to(device)
 

@@ -25,8 +25,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from echo_core.config import StrictModel
-from echo_core.diffusion.objectives import FlowObjectiveConfig
-from echo_core.diffusion.samplers import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
+from echo_core.diffusion.samplers import samplers_for
 from echo_core.errors import DataError
 from echo_core.generation.pipeline import CondSpec, LvdmPipeline, SamplerOptions, check_spec
 
@@ -57,7 +56,7 @@ class ServingLimits(StrictModel):
 def default_sampler(pipe: LvdmPipeline, limits: ServingLimits) -> str:
     if limits.default_sampler:
         return limits.default_sampler
-    return "euler" if isinstance(pipe.config.objective, FlowObjectiveConfig) else "dpmpp_2m"
+    return "euler" if pipe.config.objective.kind == "rectified_flow" else "dpmpp_2m"
 
 
 def _bad(field: str, message: str, fix: str) -> DataError:
@@ -80,7 +79,7 @@ def parse_params(params: dict[str, Any] | None, pipe: LvdmPipeline,
         raise _bad("num_inference_steps", f"{steps} is outside [1, {limits.max_steps}]", "ask for fewer steps")
     if not (math.isfinite(scale) and 0 <= scale <= limits.max_guidance_scale):
         raise _bad("guidance_scale", f"{scale} is outside [0, {limits.max_guidance_scale}]", "use e.g. 1-7.5")
-    allowed = FLOW_SAMPLERS if isinstance(pipe.config.objective, FlowObjectiveConfig) else DIFFUSION_SAMPLERS
+    allowed = samplers_for(pipe.config.objective)
     if sampler not in allowed:
         raise _bad("sampler", f"{sampler!r} is not available for this model", f"use one of {list(allowed)}")
     if not (math.isfinite(fps) and 0 < fps <= 240):

@@ -1,4 +1,4 @@
-"""Batched, resumable encoding of a prepared dataset into the latent store (see latent_store.py).
+"""Batched, resumable encoding of a prepared dataset into the latent store (see store.py).
 
 Speed: a background thread decodes videos ahead of the VAE; frames from several videos are packed into
 one batch; `torch.inference_mode`; bf16 autocast + channels_last on CUDA only.
@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ from echo_core.models.vae import VaeInfo, check_vae_matches, downsample_factor, 
 from echo_core.tracking import NullTracker, Tracker
 from echo_core.utils.atomic import remove_stale_temps
 from echo_core.utils.hashing import sha256_file
+from echo_core.utils.prefetch import prefetch
 from echo_core.utils.progress import progress
 from echo_core.utils.shards import contiguous_shards
 
@@ -153,47 +152,15 @@ def _decode_into(v: _Video, cfg: EncodeConfig, resolution: int) -> None:
     v.frames, v.n = frames, len(frames)
 
 
-def _put(out: queue.Queue, item: object, stop: threading.Event) -> None:
-    while not stop.is_set():  # a consumer that stopped early must not leave this thread blocked forever
-        try:
-            out.put(item, timeout=0.2)
-            return
-        except queue.Full:
-            continue
-
-
-def _producer(videos: list[_Video], cfg: EncodeConfig, resolution: int, out: queue.Queue,
-              stop: threading.Event) -> None:
-    """Background decode: pending videos get their frames; finished ones pass through with their length."""
-    try:
-        for v in videos:
-            if stop.is_set():
-                return
-            if not v.done and v.error is None:
-                try:
-                    _decode_into(v, cfg, resolution)
-                except DataError as exc:  # VideoReadError included: excluded and reported, never fatal here
-                    v.error = str(exc)
-            _put(out, v, stop)
-        _put(out, None, stop)
-    except BaseException as exc:  # surface unexpected failures in the consumer thread
-        _put(out, exc, stop)
-
-
-def _iter_decoded(videos: list[_Video], cfg: EncodeConfig, resolution: int) -> Iterator[_Video]:
-    q: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch_videos))
-    stop = threading.Event()
-    worker = threading.Thread(target=_producer, args=(videos, cfg, resolution, q, stop),
-                              name="video-decode", daemon=True)
-    worker.start()
-    try:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=10)
+def _decoded(videos: list[_Video], cfg: EncodeConfig, resolution: int) -> Iterator[_Video]:
+    """Pending videos get their frames; finished ones pass through with their length."""
+    for v in videos:
+        if not v.done and v.error is None:
+            try:
+                _decode_into(v, cfg, resolution)
+            except DataError as exc:  # VideoReadError included: excluded and reported, never fatal here
+                v.error = str(exc)
+        yield v
 
 
 @dataclass
@@ -413,7 +380,8 @@ def _run_stream(vae, videos: list[_Video], cfg: EncodeConfig, info: VaeInfo, dev
         report.encoded.append(v.name)
 
     runner = _BatchRunner(vae, cfg, device, resolution, complete)
-    for v in progress(_iter_decoded(videos, cfg, resolution), total=len(videos), desc="encode"):
+    for v in progress(prefetch(_decoded(videos, cfg, resolution), cfg.prefetch_videos, name="video-decode"),
+                      total=len(videos), desc="encode"):
         if v.error is not None:
             if cfg.fail_on_error:
                 raise DataError(f"cannot encode {v.name}: {v.error}",

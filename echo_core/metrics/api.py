@@ -25,9 +25,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+import echo_core.metrics.protocol as P
 from echo_core.config import StrictModel
 from echo_core.errors import UsageError
-from echo_core.metrics import protocol as P
 from echo_core.metrics.extractors import FeatureExtractor, Role, build_extractor
 from echo_core.metrics.frechet import frechet_distance_with_info
 from echo_core.metrics.scores import bootstrap_frechet, fid_infinity, inception_score, kid

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echo_core.metrics import protocol as P
+import echo_core.metrics.protocol as P
 from echo_core.metrics.extractors import FeatureExtractor, Role, build_extractor
 from echo_core.utils.atomic import atomic_path
 from echo_core.utils.progress import progress

@@ -1,22 +1,58 @@
-"""Checkpoint folders: `root/checkpoint-<step>/`, written atomically, pruned to a total limit.
+"""Checkpoint folders: `root/checkpoint-<step>/`, written atomically, pruned to a total limit, and only
+resumed when they continue the same trajectory.
 
-The content of a checkpoint is the trainer's business (accelerate `save_state` + a small JSON); this
-module only guarantees that a checkpoint folder either exists complete or not at all, so `--resume
-latest` never picks up a half-written one after a kill -9.
+The content of a checkpoint is the trainer's business (accelerate `save_state` + a small JSON, see
+`trainer.save_checkpoint`); this module guarantees that a checkpoint folder either exists complete or not
+at all, so `--resume latest` never picks up a half-written one after a kill -9, and that `--resume latest`
+never continues a trajectory made with other hyper-parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from pydantic import Field, model_validator
+
+from echo_core.config import StrictModel
 from echo_core.errors import UsageError
+from echo_core.utils.hashing import config_hash
+
+log = logging.getLogger("echoforge.train")
+
+STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+EXPORT_DIR = "ema_export"
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointConfig(StrictModel):
+    every: int = Field(1000, ge=1)  # optimizer steps; the last step is always checkpointed
+    total_limit: int = Field(3, ge=1)
+    ema_every: int | None = Field(None, ge=1)  # log the slim EMA export every N steps; None = every checkpoint
+
+    @model_validator(mode="after")
+    def _ema_on_checkpoints(self) -> CheckpointConfig:
+        if self.ema_every is not None and self.ema_every % self.every:
+            raise ValueError(f"ema_every ({self.ema_every}) must be a multiple of every ({self.every}): "
+                             "the EMA export is written into a checkpoint")
+        return self
+
+
+def trajectory_hash(cfg: Any) -> str:
+    """Hash of everything that shapes the weights' trajectory (not max_steps: raising it continues a run).
+    `cfg`: a pydantic training config with an `optim` section."""
+    data = cfg.model_dump(mode="json")
+    data["optim"].pop("max_steps", None)
+    return config_hash(data)
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -79,3 +115,29 @@ def prune_checkpoints(root: str | os.PathLike, keep: int) -> list[Path]:
         if step <= newest:
             shutil.rmtree(tmp, ignore_errors=True)
     return deleted
+
+
+def compatible_checkpoint(checkpoint: Path | None, cfg: Any, *, latest: bool) -> Path | None:
+    """`--resume latest` never continues a trajectory made with other hyper-parameters (e.g. `dvc repro`
+    after a params change, with persisted checkpoints): those checkpoints are moved aside, kept, and the
+    run starts fresh. An explicitly named checkpoint is honoured (fine-tuning) with a warning."""
+    if checkpoint is None:
+        return None
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:  # another rank already moved it aside as stale
+        return None
+    old = state.get("trajectory_hash")
+    if old == trajectory_hash(cfg):
+        return checkpoint
+    if not latest:
+        log.warning("resuming %s, written with other hyper-parameters (%s)", checkpoint, old)
+        return checkpoint
+    if int(os.environ.get("RANK", "0")) == 0:
+        stale = checkpoint.parent / f"stale-{old or 'unknown'}"
+        stale.mkdir(exist_ok=True)
+        for folder in sorted(checkpoint.parent.glob("checkpoint-*")):
+            os.replace(folder, stale / folder.name)
+        log.warning("checkpoints in %s were made with other hyper-parameters: moved to %s, starting fresh",
+                    checkpoint.parent, stale)
+    return None

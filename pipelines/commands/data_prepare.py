@@ -1,7 +1,7 @@
 """`echoforge data prepare | reference | export-jpg`: raw -> prepared datasets, reference sets, jpg trees.
 
-Thin wrappers over `echo_core.data.{prepare,reference,export}`; settings come from `--params`
-(sections `prepare:` / `reference:`) with command-line flags taking precedence.
+Thin wrappers over `echo_core.data.{prepare,reference,export}` (all on the jobs.py engine); settings come
+from `--params` (sections `prepare:` / `reference:`) with command-line flags taking precedence.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def prepare(
     An interrupted run resumes from `<out>.partial/` (work is reused when the source content is unchanged).
     """
     from echo_core.config import load_section
-    from echo_core.data.prepare import PrepareConfig, prepare_dataset, read_exclude
+    from echo_core.data.jobs import read_exclude
+    from echo_core.data.prepare import PrepareConfig, prepare_dataset
 
     config = load_section(PrepareConfig, "prepare", params) if params else PrepareConfig()
     excluded = read_exclude(exclude) if exclude else set()
@@ -80,8 +81,8 @@ def export_jpg(
     """Export prepared videos as jpg trees (classification inputs)."""
     from echo_core.data.export import export_jpg as run_export
 
-    manifest = run_export(src, out, splits=split or None, size=size, fps=fps, workers=workers)
-    typer.echo(f"exported {manifest['rows']} videos -> {out} ({manifest['reused']} reused)")
+    report = run_export(src, out, splits=split or None, size=size, fps=fps, workers=workers)
+    typer.echo(report.summary())
 
 
 def register(app: typer.Typer) -> None:

@@ -39,24 +39,31 @@ def validate(
 ) -> None:
     """Validate a dataset with Great Expectations: FileList values, splits, and every video (exists, decodes,
     fps, frames, size). Writes a JSON report and GX Data Docs; prints one line per failing expectation."""
-    from pipelines import validation as v
+    from pipelines.validation import (
+        default_frame_size,
+        default_output_dir,
+        format_report,
+        validate_dataset,
+        write_quarantine,
+    )
 
-    size = v.default_frame_size(kind, prepared) if expected_size is None else (expected_size or None)
-    out = v.default_output_dir(kind, directory, prepared)
-    report_path = report or out / "report.json"
-    result = v.validate_dataset(kind, directory, prepared=prepared, expected_size=size,
-                                docs_dir=docs or report_path.parent / "data_docs", report_path=report_path,
-                                quarantine=quarantine, workers=workers)
-    typer.echo(v.format_report(result, show_rows=show_rows))
+    size = default_frame_size(kind, prepared) if expected_size is None else (expected_size or None)
+    report_path = report or default_output_dir(kind, directory, prepared) / "report.json"
+    result = validate_dataset(kind, directory, prepared=prepared, expected_size=size,
+                              docs_dir=docs or report_path.parent / "data_docs", report_path=report_path,
+                              quarantine=quarantine, workers=workers)
+    typer.echo(format_report(result, show_rows=show_rows))
     if quarantine:
-        _print_quarantine(v, result, quarantine_out or report_path.parent / "quarantine.csv")
+        path = quarantine_out or report_path.parent / "quarantine.csv"
+        write_quarantine(result, path)
+        _print_quarantine(result, path)
     elif quarantine_out:  # the pipeline always hands prepare a (here empty) exclude list
-        v.write_quarantine(result, quarantine_out, quarantined=False)
+        write_quarantine(result, quarantine_out, quarantined=False)
     sys.exit(0 if result.success else 1)  # SystemExit, not typer.Exit: main() runs click non-standalone
 
 
-def _print_quarantine(v, result, path: Path) -> None:
-    v.write_quarantine(result, path)
+def _print_quarantine(result, path: Path) -> None:
+    """What was set aside, and why; dataset-level failures cannot be."""
     for name, reasons in result.bad_rows.items():
         typer.echo(f"quarantined FileName={name}: {'; '.join(reasons)}")
     typer.echo(f"quarantined {len(result.bad_row_numbers)} of {result.num_rows} rows -> {path}")

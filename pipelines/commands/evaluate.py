@@ -82,8 +82,9 @@ def run(model: ModelOpt = "echo-lvdm", version: VersionOpt = "candidate", datase
                                           "side on ECHOFORGE_TASK_RUNNER's runner (default: its workers, else 1).")
         ) -> None:
     """Evaluate a registered version (Prefect flow `evaluate`): samples, metrics, downstream, MLflow, tags."""
-    from pipelines.flows.evaluate import evaluate, load_configs
-    from pipelines.tracking import get_model_version
+    from echo_core.evaluation.config import load_configs
+    from pipelines.flows.evaluate import evaluate
+    from pipelines.registry import get_model_version
 
     load_configs(params)  # the usual user errors (params, version) fail here in one line, before Prefect starts
     version = str(get_model_version(model, version).version)

@@ -20,7 +20,7 @@ def _overrides(**values) -> dict:
 def _resolve_vae(uri: str):
     """(vae, VaeInfo) for a registry URI or a folder; the info records the URI and registry version."""
     from echo_core.models.vae import load_vae
-    from pipelines.tracking import resolve_model_folder, version_of_uri
+    from pipelines.registry import resolve_model_folder, version_of_uri
 
     folder = resolve_model_folder(uri)
     version = str(version_of_uri(uri).version) if uri.startswith("models:/") else None

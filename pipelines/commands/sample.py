@@ -74,6 +74,17 @@ def sample(
     typer.echo(report.summary())
 
 
+def default_frame(
+    out: Path = typer.Argument(..., help="PNG to write (the shipped one: pipelines/serving/default_frame.png)."),
+    size: int = typer.Option(112, "--size", min=1, help="Frame size in pixels."),
+) -> None:
+    """Write the documented default conditioning frame (a seeded phantom A4C ED frame; same bytes every time)."""
+    from echo_core.generation.default_frame import write_default_frame
+
+    typer.echo(write_default_frame(out, size))
+
+
 def register_root(app: typer.Typer) -> None:
-    """Add the top-level `sample` command to the `echoforge` app."""
+    """Add the top-level `sample` and `default-frame` commands to the `echoforge` app."""
     app.command("sample")(sample)
+    app.command("default-frame")(default_frame)

@@ -53,7 +53,7 @@ def resolve_config(params: Path, assignments: list[str], *, max_steps: int | Non
     """params.yaml `train_lvdm:` + `--set` + the dedicated flags → a validated LvdmTrainConfig."""
     from echo_core.config import load_params, validate_config
     from echo_core.errors import ConfigError
-    from echo_core.training.loop import LvdmTrainConfig
+    from echo_core.training.lvdm import LvdmTrainConfig
 
     doc = load_params(params)
     if SECTION not in doc:
@@ -100,7 +100,7 @@ def lvdm(
 
     tags = run_tags(cfg, data)
     run_file = out / RUN_FILE
-    from echo_core.training.loop import trajectory_hash
+    from echo_core.training.checkpoint import trajectory_hash
 
     trajectory = trajectory_hash(cfg)
     previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
@@ -118,7 +118,7 @@ def lvdm(
 
 
 def _train(cfg, data: list[Path], out: Path, resume: str | None, vae, tracker=None):
-    from echo_core.training.loop import train_lvdm
+    from echo_core.training.lvdm import train_lvdm
 
     result = train_lvdm(cfg, data, out, tracker=tracker, resume=resume, vae=vae)
     if result.is_main:
@@ -128,7 +128,7 @@ def _train(cfg, data: list[Path], out: Path, resume: str | None, vae, tracker=No
 
 def _load_vae(uri: str):
     from echo_core.models.vae import load_vae
-    from pipelines.tracking import resolve_model_folder
+    from pipelines.registry import resolve_model_folder
 
     return load_vae(resolve_model_folder(uri))[0]
 
@@ -139,15 +139,15 @@ def _register(folder: Path, tags: dict[str, str], alias: str | None, vae: str | 
     if vae:
         from echo_core.config import load_params, load_section
         from echo_core.generation.requests import ServingLimits
+        from pipelines.registry import resolve_model_folder
         from pipelines.serving.register import register_serving_model
-        from pipelines.tracking import resolve_model_folder
 
         has_section = params.is_file() and "serving" in load_params(params)
         limits = load_section(ServingLimits, "serving", params) if has_section else ServingLimits()
         info = register_serving_model(folder, resolve_model_folder(vae), alias=alias,
                                       tags={**tags, "vae_source": vae}, limits=limits)
     else:
-        from pipelines.tracking import log_model_folder
+        from pipelines.registry import log_model_folder
 
         info = log_model_folder(folder, name="lvdm", registered_model_name=REGISTERED_NAME, alias=alias, tags=tags)
     typer.echo(f"registered {info.name} version {info.version}"

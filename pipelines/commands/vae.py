@@ -96,7 +96,7 @@ def _evaluate(vae, data: list[Path], resolution: int, tracker) -> dict[str, floa
 
 def _register(folder: Path, *, source: str, tags: dict[str, str], alias: str | None,
               metrics: dict[str, float]) -> None:
-    from pipelines.tracking import log_model_folder
+    from pipelines.registry import log_model_folder
 
     version_tags = {**tags, "source": source, **{k: f"{v:.6g}" for k, v in metrics.items()}}
     info = log_model_folder(folder, name="vae", registered_model_name=REGISTERED_NAME, alias=alias or None,

@@ -1,30 +1,10 @@
-"""Shared flow plumbing: task runners for per-video fan-out, retry policy, progress reporting."""
+"""Shared flow plumbing: retry policy, shard fan-out with progress (task runners: pipelines.ops.scaleout)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from echo_core.errors import EchoForgeError
-
-
-def task_runner(kind: str = "thread", workers: int = 2, address: str | None = None):
-    """Bounded pool for per-video fan-out: thread | process | dask (LocalCluster, or `address`)."""
-    if kind == "thread":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=workers)
-    if kind == "process":
-        from prefect.task_runners import ProcessPoolTaskRunner
-
-        return ProcessPoolTaskRunner(max_workers=workers)
-    if kind == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if address:
-            return DaskTaskRunner(address=address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
-    raise ValueError(f"unknown task runner {kind!r}: use thread, process or dask")
 
 
 def retry_transient_only(task, task_run, state) -> bool:

@@ -6,13 +6,12 @@ the environment: pipelines.ops.scaleout) → `encode-finalize` once (FileList, m
 A shard resolves the VAE itself (a Dask worker may be another machine), holds a GPU slot while it encodes
 and writes each latent file atomically; shards write distinct files. The shard count decides which frames
 share a VAE batch and is recorded in the manifest; shards=1 writes exactly what `echoforge latents encode`
-writes. Resumable: finished videos are skipped. Run it directly:
-    python -m pipelines.flows.encode --vae models:/echo-vae@candidate --dataset dynamic --shards 2
+writes. Resumable: finished videos are skipped. Run it:
+    echoforge flow encode --vae models:/echo-vae@candidate --dataset dynamic --shards 2
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ def encode_shard_task(vae_uri: str, dataset_dir: str, out_dir: str, params_path:
     from echo_core.latents.encode import EncodeConfig, encode_shard
     from echo_core.models.vae import load_vae
     from pipelines.ops.concurrency import gpu_slot
-    from pipelines.tracking import resolve_model_folder
+    from pipelines.registry import resolve_model_folder
 
     cfg = load_section(EncodeConfig, "encode", params_path)
     vae, info = load_vae(resolve_model_folder(vae_uri), uri=vae_uri if vae_uri.startswith("models:/") else None)
@@ -93,19 +92,3 @@ def encode(vae: str = "models:/echo-vae@candidate", datasets: list[str] | None =
     return {name: encode_one(vae, str(root / "prepared" / name), str(root / "latents" / name), params_path,
                              n_shards)
             for name in names}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vae", default="models:/echo-vae@candidate")
-    parser.add_argument("--dataset", action="append")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out-root", default="outputs")
-    parser.add_argument("--shards", type=int, default=None,
-                        help="row shards per dataset (default: 1, or ECHOFORGE_TASK_WORKERS if the env names a runner)")
-    args = parser.parse_args()
-    print(encode(args.vae, args.dataset, args.params, args.out_root, args.shards))
-
-
-if __name__ == "__main__":
-    main()

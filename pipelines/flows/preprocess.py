@@ -1,14 +1,13 @@
 """Prefect flow `preprocess`: validate (GX) → prepare → reference, per dataset, fanned out per video.
 
 Thin wiring of echo_core functions: tasks pass paths and small dicts, never tensors. Resumable: each
-video's output is reused when its source content hash matches (echo_core.data.prepare), so a re-run
-after a crash only redoes the missing videos. Run it directly:
-    python -m pipelines.flows.preprocess --dataset dynamic
+video's output is reused when its source content hash matches (echo_core.data.jobs), so a re-run
+after a crash only redoes the missing videos. Run it:
+    echoforge flow preprocess --dataset dynamic
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from echo_core.config import load_params, load_section
-from echo_core.data.prepare import (
-    PrepareConfig,
-    finalize_prepare,
-    open_staging,
-    plan_prepare,
-    prepare_video,
-    read_exclude,
-)
-from echo_core.data.reference import ReferenceConfig, finalize_reference, plan_reference
+from echo_core.data.jobs import finalize, open_staging, read_exclude, run_job
+from echo_core.data.prepare import PrepareConfig, plan_prepare
+from echo_core.data.reference import ReferenceConfig, plan_reference
 from echo_core.errors import DataError
 from echo_core.utils.shards import contiguous_shards
 from pipelines.flows.common import retry_transient_only
@@ -55,7 +48,7 @@ VIDEOS_PER_TASK = 8
 @task(name="prepare-videos", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient_only)
 def prepare_videos_task(jobs: list, staging: str) -> list[dict[str, Any]]:
     """A few videos in a row (each resumable on its own: a retry skips the finished ones)."""
-    return [prepare_video(job, staging) for job in jobs]
+    return [run_job(job, staging) for job in jobs]
 
 
 def _fan_out(jobs, staging: Path, label: str) -> list[dict[str, Any]]:
@@ -90,7 +83,7 @@ def import_cardiacnet(raw: str, out_root: Path, config: PrepareConfig) -> str:
 
 def _finish_prepare(plan, name: str) -> str:
     results = _fan_out(plan.jobs, open_staging(plan.dst), f"prepare {name}")
-    report = finalize_prepare(plan, results)
+    report = finalize(plan, results)
     get_run_logger().info(report.summary())
     return report.dst
 
@@ -98,7 +91,7 @@ def _finish_prepare(plan, name: str) -> str:
 def reference_one(name: str, prepared: str, out_root: Path, config: ReferenceConfig) -> str:
     plan = plan_reference(prepared, out_root / "reference" / name, config=config)
     results = _fan_out(plan.jobs, open_staging(plan.dst), f"reference {name}")
-    return finalize_reference(plan, results).dst
+    return finalize(plan, results).dst
 
 
 @flow(name="preprocess", log_prints=True, task_runner=runner_from_env("thread", workers=2))
@@ -122,17 +115,3 @@ def preprocess(datasets: list[str] | None = None, params_path: str = "params.yam
         ref_cfg = ReferenceConfig(**{**params.get("reference", {}), "frames": spec["reference_frames"]})
         done[name] = {"prepared": prepared, "reference": reference_one(name, prepared, out, ref_cfg)}
     return done
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", action="append", help="dataset name from params.yaml (repeatable)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out-root", default="outputs")
-    parser.add_argument("--quarantine", action="store_true")
-    args = parser.parse_args()
-    print(preprocess(args.dataset, args.params, args.out_root, args.quarantine))
-
-
-if __name__ == "__main__":
-    main()

@@ -7,13 +7,12 @@ runner (each resolves and loads the model itself, holds a GPU slot, writes only 
 `finish-samples` (once: FileList.csv, "complete" record, MLflow). Shards are cut between the sequential
 run's batches, so any shard count generates the same samples bit for bit (on CPU: with the same torch
 thread count; Dask workers run with OMP_NUM_THREADS=1). Tasks pass paths and small dicts, never tensors.
-Run it directly:
-    python -m pipelines.flows.sample --model models:/echo-lvdm@champion --out outputs/samples/dynamic --shards 2
+Run it:
+    echoforge flow sample --model models:/echo-lvdm@champion --out outputs/samples/dynamic --shards 2
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from collections.abc import Callable
@@ -32,7 +31,7 @@ GRID_SAMPLES = 4
 
 def resolve_model(model: str, vae: str | None) -> tuple[Path, Path | None, dict[str, Any]]:
     """(LVDM/bundle folder, VAE folder or None, {"id", "uri", "version"}) for a models:/ URI or a folder."""
-    from pipelines.tracking import resolve_model_folder, version_of_uri
+    from pipelines.registry import resolve_model_folder, version_of_uri
 
     folder = resolve_model_folder(model)
     info: dict[str, Any] = {"uri": model, "id": str(folder.resolve())}
@@ -156,7 +155,7 @@ def finish_task(model_info: dict[str, Any], out: str, cfg_json: str, conditionin
                 track: bool) -> dict[str, Any]:
     """Once: FileList.csv + "complete" record, then one MLflow run."""
     from echo_core.generation.generate import finish_generation
-    from pipelines.tracking import resolve_model_folder
+    from pipelines.registry import resolve_model_folder
 
     job = _job(resolve_model_folder(pinned_uri(model_info)), model_info, out, cfg_json, conditioning)
     report = finish_generation(job, generated)
@@ -182,20 +181,3 @@ def sample(model: str = "models:/echo-lvdm@champion", out: str = "outputs/sample
     result = finish_task(started["model"], out, cfg_json, conditioning, generated, track)
     print(json.dumps(result))
     return result
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models:/echo-lvdm@champion")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--conditioning", default=None)
-    parser.add_argument("--vae", default=None)
-    parser.add_argument("--no-track", action="store_true")
-    parser.add_argument("--shards", type=int, default=None, help="default: ECHOFORGE_TASK_WORKERS or 1")
-    args = parser.parse_args()
-    sample(args.model, args.out, args.params, None, args.conditioning, args.vae, not args.no_track, args.shards)
-
-
-if __name__ == "__main__":
-    main()

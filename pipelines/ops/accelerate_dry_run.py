@@ -39,7 +39,7 @@ def launch_plan(profile: str, data: Sequence[str], out: str, *, params: str = "p
     """Parse and validate the launch of `profile` exactly as `accelerate launch` would, without running it."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    from pipelines.flows.train import build_command
+    from pipelines.ops.launch import build_command
 
     cmd = build_command(data, out, params=params, profile=profile)
     overrides = _overrides(machine_rank, main_process_ip, num_processes)

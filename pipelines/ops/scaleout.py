@@ -18,12 +18,31 @@ import os
 from collections.abc import Mapping
 
 from echo_core.errors import ConfigError
-from pipelines.flows.common import task_runner
 
 RUNNER_ENV = "ECHOFORGE_TASK_RUNNER"
 WORKERS_ENV = "ECHOFORGE_TASK_WORKERS"
 DASK_ADDRESS_ENV = "ECHOFORGE_DASK_ADDRESS"
 RUNNER_KINDS = ("thread", "process", "dask")
+
+
+def task_runner(kind: str = "thread", workers: int = 2, address: str | None = None):
+    """Bounded pool for per-video fan-out: thread | process | dask (LocalCluster, or `address`)."""
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "process":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    raise ValueError(f"unknown task runner {kind!r}: use thread, process or dask")
 
 
 def runner_settings(env: Mapping[str, str] | None = None, default: str = "thread", workers: int = 2,

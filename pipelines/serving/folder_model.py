@@ -1,7 +1,7 @@
 """Models-from-code pyfunc for a registered folder of weights (e.g. the VAE).
 
 `predict` returns the folder's config, so the registered entry is loadable and inspectable by MLflow
-tooling; the weights themselves are consumed through `pipelines.tracking.resolve_model_folder`.
+tooling; the weights themselves are consumed through `pipelines.registry.resolve_model_folder`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipelines.registry import ModelVersionInfo, default_requirements, tag_version
 from pipelines.serving.model_card import build_model_card, card_tags, render_markdown
-from pipelines.tracking import ModelVersionInfo, _default_requirements, start_run, tracking_uri
+from pipelines.tracking import start_run
 
 LVDM_MODEL_CODE = Path(__file__).parent / "lvdm_model.py"
 DEFAULT_FRAME = Path(__file__).parent / "default_frame.png"
@@ -76,13 +77,9 @@ def _log(bundle: Path, card: dict[str, Any], config: dict[str, Any], limits, ali
     info = mlflow.pyfunc.log_model(
         name="lvdm", python_model=str(LVDM_MODEL_CODE), artifacts={"model_dir": str(bundle)},
         signature=serving_signature(config.get("objective", {}).get("kind", "v_ddpm"), limits),
-        pip_requirements=_default_requirements(), registered_model_name=name)
+        pip_requirements=default_requirements(), registered_model_name=name)
     mlflow.log_dict(card, "model_card/model_card.json")
     mlflow.log_text(render_markdown(card), "model_card/model_card.md")
     version = str(info.registered_model_version)
-    client = mlflow.tracking.MlflowClient(tracking_uri())
-    for key, value in {**(tags or {}), **card_tags(card), "serving": "pyfunc"}.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    if alias:
-        client.set_registered_model_alias(name, alias, version)
+    tag_version(name, version, {**(tags or {}), **card_tags(card), "serving": "pyfunc"}, alias)
     return ModelVersionInfo(name, version, f"models:/{name}/{version}", mlflow.active_run().info.run_id)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from support.latent_data import make_prepared_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.latent_data import make_prepared_dataset  # noqa: E402
-
-from echo_core.latents.store import read_latents  # noqa: E402
-from echo_core.models.vae import build_vae  # noqa: E402
-from echo_core.utils.hashing import sha256_tree  # noqa: E402
+from echo_core.latents.store import read_latents
+from echo_core.models.vae import build_vae
+from echo_core.utils.hashing import sha256_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from support.latent_data import make_prepared_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.latent_data import make_prepared_dataset  # noqa: E402
-
-from echo_core.errors import DataError  # noqa: E402
-from echo_core.latents.encode import (  # noqa: E402
+from echo_core.errors import DataError
+from echo_core.latents.encode import (
     EncodeConfig,
     encode_dataset,
     encode_shard,
@@ -36,8 +33,8 @@ from echo_core.latents.encode import (  # noqa: E402
     plan_shards,
     prepare_encode,
 )
-from echo_core.latents.store import read_latents  # noqa: E402
-from echo_core.models.vae import load_vae  # noqa: E402
+from echo_core.latents.store import read_latents
+from echo_core.models.vae import load_vae
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 ENCODE = {"mode": "mean", "dtype": "float32", "batch_frames": 4}  # small batches that cross videos and shards

@@ -5,23 +5,20 @@ real Prefect server (test harness). Then the promotion gate on what the flow tag
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from support.latent_data import make_prepared_dataset
+from support.tiny_lvdm import make_bundle
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.latent_data import make_prepared_dataset  # noqa: E402
-from support.tiny_lvdm import make_bundle  # noqa: E402
-
-from echo_core.data.filelist import CARDIACNET_CLASSES, read_filelist, write_filelist  # noqa: E402
-from echo_core.data.reference import build_reference  # noqa: E402
-from echo_core.latents.store import LatentMeta, latent_path, write_latents  # noqa: E402
-from echo_core.metrics.api import FALLBACK_METRIC_NAMES  # noqa: E402
+from echo_core.data.filelist import CARDIACNET_CLASSES, read_filelist, write_filelist
+from echo_core.data.reference import build_reference
+from echo_core.latents.store import LatentMeta, latent_path, write_latents
+from echo_core.metrics.api import FALLBACK_METRIC_NAMES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "echo-lvdm-evaluate-test"
@@ -48,7 +45,8 @@ def _dataset(root: Path, name: str, classes: bool = False) -> None:
 
 
 def _register(bundle: Path, name: str) -> str:
-    from pipelines.tracking import log_model_folder, start_run
+    from pipelines.registry import log_model_folder
+    from pipelines.tracking import start_run
 
     with start_run("evaluate-test-models"):
         return log_model_folder(bundle, name="lvdm", registered_model_name=name, alias="candidate").version
@@ -80,29 +78,24 @@ def project(tmp_path_factory) -> Path:
 
 
 def _version_tags(name: str, version: str) -> dict[str, str]:
-    from mlflow.tracking import MlflowClient
+    from pipelines.registry import get_model_version
 
-    from pipelines.tracking import tracking_uri
-
-    return MlflowClient(tracking_uri()).get_model_version(name, version).tags
+    return get_model_version(name, version).tags
 
 
 def _champion(name: str) -> str | None:
-    from mlflow.tracking import MlflowClient
+    from pipelines.registry import current_champion
 
-    from pipelines.tracking import tracking_uri
-
-    champion = MlflowClient(tracking_uri()).get_registered_model(name).aliases.get("champion")
-    return None if champion is None else str(champion)
+    return current_champion(name)
 
 
 def test_evaluate_flow_tags_version_and_gate_moves_champion(project: Path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
     from pipelines.cli import app
-    from pipelines.commands.registry import PromotionError
-    from pipelines.flows.end_to_end import promote_version, version_of_run
+    from pipelines.flows.end_to_end import promote_version
     from pipelines.flows.evaluate import evaluate, sample_for_evaluation
+    from pipelines.registry import PromotionError, version_of_run
 
     monkeypatch.chdir(project)  # model downloads and MLflow staging go under the project, not the repo
     bundle = make_bundle(project / "bundle")

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import math
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from prefect import flow
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.tiny_extractors import moving_video, write_stub_weights  # noqa: E402
+from support.tiny_extractors import moving_video, write_stub_weights
 
 from echo_core.errors import UsageError
+from echo_core.evaluation.config import EvaluateConfig
+from echo_core.evaluation.plan import DatasetPlan
 from echo_core.metrics.api import MetricsConfig, MetricsOptions, compute_metrics
 from echo_core.metrics.shards import ExtractionJob, run_extraction_job, run_jobs_in_process
-from pipelines.flows.evaluate import TASKS, DatasetPlan, EvaluateConfig, dataset_metrics
+from pipelines.flows.evaluate import TASKS, dataset_metrics
 
 pytestmark = [pytest.mark.integration]
 RES = 16
@@ -188,7 +187,7 @@ def _assert_same_measurement(sharded: dict, sequential: dict, ratios: bool = Tru
 def test_prefect_thread_runner_shards_equal_sequential(trees, tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 
-    from pipelines.flows.common import task_runner
+    from pipelines.ops.scaleout import task_runner
 
     plan, cfg = _evaluation_inputs(trees, tmp_path)
     sequential = dataset_metrics(plan, cfg)  # the plain function: today's single-process path

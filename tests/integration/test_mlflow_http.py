@@ -9,8 +9,8 @@ import subprocess
 import psutil
 import pytest
 import yaml
+from support.lvdm_data import tiny_train_section, write_latent_store
 from support.servers import BIN, Processes, run_cli
-from unit.test_training_loop import tiny_train_section, write_latent_store
 
 from pipelines.ops.processes import free_port, spawn, wait_http_ok
 
@@ -77,7 +77,7 @@ def test_training_and_registration_over_http(server, tmp_path):
 
 def test_registered_model_resolves_over_http(server, tmp_path, monkeypatch):
     """`models:/echo-lvdm@candidate` downloads through the server (what sampling and serving do)."""
-    from pipelines.tracking import resolve_model_folder
+    from pipelines.registry import resolve_model_folder
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server["url"])
     folder = resolve_model_folder("models:/echo-lvdm@candidate", cache_dir=tmp_path / "cache")

@@ -12,8 +12,8 @@ import time
 
 import pytest
 import yaml
+from support import REPO_ROOT
 from support.servers import (
-    REPO_ROOT,
     Processes,
     drain_prefect_workers,
     prefect_client,
@@ -76,7 +76,7 @@ def test_preprocess_deployment_run_completes(stack):
 
 
 def test_train_deployment_runs_a_tiny_training(stack):
-    from unit.test_training_loop import tiny_train_section, write_latent_store
+    from support.lvdm_data import tiny_train_section, write_latent_store
 
     root = stack["root"] / "train"
     store = write_latent_store(root / "store")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,18 +33,30 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
-def test_preprocess_flow_validates_prepares_and_resumes(project: Path):
+@dataclass(frozen=True)
+class FlowRuns:
+    first: dict
+    second: dict
+    prepared_hash_after_first: str
+
+
+@pytest.fixture(scope="module")
+def flow_runs(project: Path) -> FlowRuns:
+    """The flow run twice on the project under a real temporary Prefect server (the re-run must reuse it all)."""
     from prefect.testing.utilities import prefect_test_harness
 
     from pipelines.flows.preprocess import preprocess
 
-    out = project / "outputs"
+    params, out = str(project / "params.yaml"), str(project / "outputs")
     with prefect_test_harness(server_startup_timeout=180):
-        first = preprocess(params_path=str(project / "params.yaml"), out_root=str(out))
-        prepared = Path(first["dynamic"]["prepared"])
-        before = sha256_tree(prepared)
-        second = preprocess(params_path=str(project / "params.yaml"), out_root=str(out))
+        first = preprocess(params_path=params, out_root=out)
+        prepared_hash = sha256_tree(Path(first["dynamic"]["prepared"]))
+        second = preprocess(params_path=params, out_root=out)
+    return FlowRuns(first, second, prepared_hash)
 
+
+def test_preprocess_flow_validates_prepares_and_resumes(project: Path, flow_runs: FlowRuns):
+    first, out = flow_runs.first, project / "outputs"
     assert set(first) == {"dynamic", "cardiacnet"}
     for name in first:
         assert (Path(first[name]["prepared"]) / "FileList.csv").is_file()
@@ -53,15 +66,13 @@ def test_preprocess_flow_validates_prepares_and_resumes(project: Path):
         assert report["success"] is True
     assert (out / "validation" / "dynamic" / "data_docs" / "index.html").is_file()
     # the re-run reuses every video (content hashes match) and produces identical bytes
-    assert second == first
-    assert sha256_tree(prepared) == before
+    assert flow_runs.second == first
+    assert sha256_tree(Path(first["dynamic"]["prepared"])) == flow_runs.prepared_hash_after_first
 
 
-def test_flow_output_equals_sequential_procedure(project: Path, tmp_path: Path):
+def test_flow_output_equals_sequential_procedure(project: Path, flow_runs: FlowRuns, tmp_path: Path):
     """The parallel flow and the plain sequential `prepare_dataset` agree byte for byte."""
-    flow_out = project / "outputs" / "prepared" / "dynamic"
-    if not flow_out.exists():
-        pytest.skip("needs the flow test's output")
+    flow_out = Path(flow_runs.first["dynamic"]["prepared"])
     seq = tmp_path / "seq"
     prepare_dataset("dynamic", project / "raw" / "dynamic", seq, workers=1)
     for name in ("FileList.csv", "VolumeTracings.csv"):

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.commands.registry import PromotionConfig, PromotionError, gate_failures
+from pipelines.registry import PromotionError
 
 pytestmark = pytest.mark.integration
 MODEL = "echo-lvdm-registry-test"
@@ -20,15 +20,9 @@ GATE = """promotion:
 """
 
 
-def test_gate_failures_lists_every_problem():
-    gate = PromotionConfig.model_validate({"metric_thresholds": {"fvd": {"max": 5}, "acc": {"min": 0.5}},
-                                           "require_metrics": ["fvd", "mae"]})
-    assert gate_failures({"fvd": 4.0, "acc": 0.9, "mae": 1.0}, gate) == []
-    assert gate_failures({"fvd": 6.0, "acc": 0.1}, gate) == ["mae: missing", "fvd: 6 > max 5", "acc: 0.1 < min 0.5"]
-
-
 def _register_versions(tmp_path: Path, n: int) -> list[str]:
-    from pipelines.tracking import log_model_folder, start_run
+    from pipelines.registry import log_model_folder
+    from pipelines.tracking import start_run
 
     folder = tmp_path / "weights"
     folder.mkdir()
@@ -38,12 +32,9 @@ def _register_versions(tmp_path: Path, n: int) -> list[str]:
 
 
 def _tag_metrics(version: str, **metrics: float) -> None:
-    from mlflow.tracking import MlflowClient
+    from pipelines.registry import METRIC_TAG, tag_version
 
-    from pipelines.tracking import tracking_uri
-
-    for name, value in metrics.items():
-        MlflowClient(tracking_uri()).set_model_version_tag(MODEL, version, f"metric.{name}", str(value))
+    tag_version(MODEL, version, {f"{METRIC_TAG}{name}": value for name, value in metrics.items()})
 
 
 def test_promote_rollback_list(tmp_path):

@@ -4,17 +4,14 @@ resolves `models:/echo-lvdm@candidate`, writes videos + FileList.csv, and a re-r
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from support.tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder  # noqa: E402
-
-from echo_core.data.video import probe_video  # noqa: E402
+from echo_core.data.video import probe_video
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL_URI = "models:/echo-lvdm@candidate"

@@ -9,15 +9,12 @@ The tiny model is registered once per module in a private MLflow sqlite store (`
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from support.servers import dask_behind_prefect
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder, tiny_config  # noqa: E402
+from support.tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder, tiny_config
 
 pytestmark = [pytest.mark.integration]
 MODEL_URI = "models:/echo-lvdm@candidate"

@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.tiny_lvdm import make_lvdm_folder, make_vae_folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.tiny_lvdm import make_lvdm_folder, make_vae_folder  # noqa: E402
-
-from echo_core.data.video import probe_video  # noqa: E402
+from echo_core.data.video import probe_video
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MLFLOW = Path(sys.executable).parent / "mlflow"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from unit.test_training_loop import tiny_train_section, write_latent_store
+from support.lvdm_data import tiny_train_section, write_latent_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -57,7 +57,8 @@ def test_two_processes_learn_with_identical_weights_and_unscaled_warmup(tmp_path
 def test_prefect_train_flow_launches_accelerate_and_returns_the_run_id(tmp_path, repo_root):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.flows.train import build_command, train
+    from pipelines.flows.train import train
+    from pipelines.ops.launch import build_command
 
     store = write_latent_store(tmp_path / "store")
     params = write_params(tmp_path / "params.yaml")

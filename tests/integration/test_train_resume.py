@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from unit.test_training_loop import tiny_train_section, write_latent_store
+from support.lvdm_data import tiny_train_section, write_latent_store
 
 from echo_core.training.checkpoint import list_checkpoints
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from unit.test_training_loop import tiny_train_section, write_latent_store
+from support.lvdm_data import tiny_train_section, write_latent_store
 
 from echo_core.training.checkpoint import list_checkpoints
 

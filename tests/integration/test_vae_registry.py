@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.latent_data import make_prepared_dataset
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from support.latent_data import make_prepared_dataset  # noqa: E402
-
-from echo_core.models.vae import build_vae  # noqa: E402
-from echo_core.utils.hashing import sha256_file  # noqa: E402
+from echo_core.models.vae import build_vae
+from echo_core.utils.hashing import sha256_file
 
 pytestmark = pytest.mark.integration
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -39,7 +37,7 @@ def _invoke(*args: str):
 
 
 def _version(alias: str):
-    from pipelines.tracking import get_model_version
+    from pipelines.registry import get_model_version
 
     return get_model_version("echo-vae", alias)
 
@@ -62,7 +60,7 @@ def test_import_registers_the_folder_unchanged_and_encode_resolves_the_alias(dat
     mv = _version("imported")
     assert mv.tags["source"] == "imported" and mv.tags["weights_sha256"] == sha256_file(folder / WEIGHTS)
     assert {"git_commit", "config_hash", "data_dvc_hash", "val_psnr"} <= mv.tags.keys()
-    from pipelines.tracking import resolve_model_folder
+    from pipelines.registry import resolve_model_folder
 
     local = resolve_model_folder("models:/echo-vae@imported")
     assert sha256_file(local / WEIGHTS) == sha256_file(folder / WEIGHTS)

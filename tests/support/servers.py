@@ -25,9 +25,9 @@ from echo_core.data.phantom.datasets import generate_dataset
 from pipelines.ops.mlflow_server import MlflowServerConfig, prepare_local_store, server_command
 from pipelines.ops.prefect_setup import POOL, worker_command, worker_env
 from pipelines.ops.processes import ManagedProcess, free_port, spawn, wait_http_ok
+from support import REPO_ROOT
 
 BIN = Path(sys.executable).parent
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Faster pick-up than the production defaults (10-15 s polls), so tests stay short.
 FAST_WORKER = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
                "PREFECT_WORKER_HEARTBEAT_SECONDS": "5"}
@@ -201,7 +201,7 @@ def dask_behind_prefect(home: Path, monkeypatch, worker_env: Mapping[str, str] |
     from distributed.diagnostics.task_stream import TaskStreamPlugin
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pipelines.flows.common import task_runner
+    from pipelines.ops.scaleout import task_runner
 
     procs, cluster = Processes(), None
     try:

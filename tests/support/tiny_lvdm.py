@@ -1,5 +1,6 @@
 """A tiny real LVDM bundle for sampling/serving tests: the trainer's own folder format (tiny SVD UNet +
-ConditionEncoder via `echo_core.training.loop.build_net` / `save_lvdm_folder`) + a tiny VAE + the default frame."""
+ConditionEncoder via `echo_core.models.lvdm.build_lvdm_net` / `LvdmNet.save_pretrained`) + a tiny VAE + the
+default frame."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from echo_core.diffusion.objectives import DDPMObjectiveConfig, FlowObjectiveCon
 from echo_core.generation.pipeline import build_serving_bundle
 from echo_core.latents.clips import LatentDatasetConfig
 from echo_core.models.conditioning import ConditioningConfig
+from echo_core.models.lvdm import build_lvdm_net
 from echo_core.models.unet import UNetConfig
 from echo_core.models.vae import build_vae
-from echo_core.training.loop import LvdmTrainConfig, build_net, save_lvdm_folder
+from echo_core.training.lvdm import LvdmTrainConfig
 
 WINDOW = 4
 DEFAULT_FRAME = Path(__file__).resolve().parents[2] / "pipelines" / "serving" / "default_frame.png"
@@ -29,7 +31,8 @@ def tiny_config(kind: str = "ef", flow: bool = False) -> LvdmTrainConfig:
 
 def make_lvdm_folder(out: Path, kind: str = "ef", flow: bool = False) -> Path:
     cfg = tiny_config(kind, flow)
-    return save_lvdm_folder(build_net(cfg), cfg, out)
+    torch.manual_seed(cfg.seed)  # what the trainer does before building the model
+    return build_lvdm_net(cfg).save_pretrained(out)
 
 
 def make_vae_folder(out: Path) -> Path:

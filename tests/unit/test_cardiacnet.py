@@ -13,6 +13,7 @@ import pytest
 
 from echo_core.data.cardiacnet import (
     COLUMNS,
+    CardiacNetConfig,
     assign_splits,
     load_volume,
     normalise_volume,
@@ -20,12 +21,13 @@ from echo_core.data.cardiacnet import (
     split_counts,
 )
 from echo_core.data.filelist import CARDIACNET_CLASSES, read_filelist
-from echo_core.data.prepare import CardiacNetConfig, PrepareConfig, prepare_dataset
+from echo_core.data.prepare import PrepareConfig, prepare_dataset
 from echo_core.data.video import read_video
 from echo_core.errors import ConfigError, DataError
 from echo_core.utils.hashing import sha256_tree
 
-SMALL = PrepareConfig(cardiacnet=CardiacNetConfig(size=32, fps=16.0))
+SMALL_CN = CardiacNetConfig(size=32, fps=16.0)
+SMALL = PrepareConfig(cardiacnet=SMALL_CN)
 X, Y, T = 24, 20, 6
 
 
@@ -64,7 +66,7 @@ def test_import_columns_names_class_ids_and_stated_fps(raw: Path, tmp_path: Path
     report = prepare_dataset("cardiacnet", raw, dst, config=SMALL)
     df = read_filelist(dst / "FileList.csv", "cardiacnet", prepared=True)
     assert tuple(df.columns) == COLUMNS
-    assert len(df) == report.rows == 13  # label volumes are not rows
+    assert len(df) == report.count == 13  # label volumes are not rows
     assert df["FileName"].tolist()[:4] == ["asd_001", "asd_002", "asd_003", "non-asd_001"]
     assert df["patient_id"].tolist()[:2] == ["asd_1", "asd_2"]
     for row in df.itertuples():
@@ -80,13 +82,13 @@ def test_import_columns_names_class_ids_and_stated_fps(raw: Path, tmp_path: Path
 
 
 def test_label_files_are_skipped_not_converted(raw: Path, tmp_path: Path):
-    plan = plan_cardiacnet(raw, tmp_path / "out", config=SMALL)
+    plan = plan_cardiacnet(raw, tmp_path / "out", config=SMALL_CN)
     sources = [Path(job.source).name for job in plan.jobs]
     assert all(name.endswith("_image.nii") for name in sources) and len(sources) == 13
     # a patient folder with only a mask has no image: an error, not a video made of the mask
     (raw / "CardiacNet-ASD" / "ASD" / "001" / "001_image.nii").unlink()
     with pytest.raises(DataError, match=r"ASD/001 holds 0 image volume"):
-        plan_cardiacnet(raw, tmp_path / "out", config=SMALL)
+        plan_cardiacnet(raw, tmp_path / "out", config=SMALL_CN)
 
 
 def test_class_ids_come_from_the_fixed_map_not_listdir_order(tmp_path: Path):
@@ -171,12 +173,12 @@ def test_patient_level_stratified_seeded_split():
 
 
 def test_split_in_output_is_stratified_and_exclusion_does_not_reshuffle(raw: Path, tmp_path: Path):
-    full = plan_cardiacnet(raw, tmp_path / "a", config=SMALL)
+    full = plan_cardiacnet(raw, tmp_path / "a", config=SMALL_CN)
     split_full = {j.file_name: j.row["Split"] for j in full.jobs}
     for class_name in CARDIACNET_CLASSES.values():
         assert {s for n, s in split_full.items() if n.startswith(class_name.lower() + "_")} == {
             "TRAIN", "VAL", "TEST"}
-    part = plan_cardiacnet(raw, tmp_path / "b", config=SMALL, exclude={"asd_002"})
+    part = plan_cardiacnet(raw, tmp_path / "b", config=SMALL_CN, exclude={"asd_002"})
     assert part.excluded == ("asd_002",)
     assert {j.file_name: j.row["Split"] for j in part.jobs} == {
         n: s for n, s in split_full.items() if n != "asd_002"}
@@ -196,7 +198,7 @@ def test_raw_tree_is_not_modified_and_rerun_is_identical(raw: Path, tmp_path: Pa
     one = prepare_dataset("cardiacnet", raw, tmp_path / "one", config=SMALL)
     two = prepare_dataset("cardiacnet", raw, tmp_path / "two", config=SMALL)
     assert sha256_tree(raw) == before
-    assert one.output_sha256 == two.output_sha256  # byte-deterministic MP4s and FileList
+    assert one.sha256 == two.sha256  # byte-deterministic MP4s and FileList
 
 
 def test_phantom_cardiacnet(tmp_path: Path):
@@ -207,7 +209,7 @@ def test_phantom_cardiacnet(tmp_path: Path):
     report = prepare_dataset("cardiacnet", raw, dst, config=SMALL)
     df = read_filelist(dst / "FileList.csv", "cardiacnet", prepared=True)
     truth = pd.read_csv(raw / "GROUND_TRUTH.csv")
-    assert report.rows == len(df) == len(truth) == 8
+    assert report.count == len(df) == len(truth) == 8
     expected = {f"{c.lower()}_{p:03d}": cid for c, p, cid in truth[["class_name", "patient_number", "class_id"]]
                 .itertuples(index=False)}
     assert dict(zip(df["FileName"], df["class_id"], strict=True)) == expected

@@ -46,3 +46,14 @@ def test_tool_state_defaults_stay_inside_the_project(tmp_path: Path):
     assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     assert env["DO_NOT_TRACK"] == "1" and env["GX_ANALYTICS_ENABLED"] == "false"
     assert env["DVC_NO_ANALYTICS"] == "1" and env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+def test_every_flow_runs_through_echoforge_flow_and_none_has_its_own_cli():
+    out = _run("flow", "--help")
+    assert out.returncode == 0
+    flows = sorted(p.stem for p in (ROOT / "pipelines" / "flows").glob("*.py")
+                   if "@flow(" in p.read_text(encoding="utf-8"))
+    for name in flows:
+        assert name.replace("_", "-") in out.stdout, f"`echoforge flow {name}` is missing"
+        source = (ROOT / "pipelines" / "flows" / f"{name}.py").read_text(encoding="utf-8")
+        assert "argparse" not in source and "__main__" not in source, f"pipelines/flows/{name}.py has its own CLI"

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from echo_core.latents.store import (
     write_latents,
 )
 from echo_core.models.vae import build_vae, fingerprint_vae, load_vae
+from echo_core.utils.prefetch import prefetch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -229,3 +231,34 @@ def test_cli_import_reference_writes_a_store(tmp_path):
     assert "imported 1 videos" in result.output
     x, meta = read_latents(tmp_path / "store" / "Latents" / "v1.safetensors")
     assert x.dtype == torch.float16 and meta.scaling_factor == 0.18215
+
+
+def test_prefetch_yields_in_order_and_reraises_the_producer_error():
+    """The decode thread of the encoder: order kept, a producer failure surfaces in the consumer."""
+    assert list(prefetch(range(10), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in prefetch(failing(), depth=1):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetch_stops_its_thread_when_the_consumer_leaves_early():
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    items = prefetch(endless(), depth=2, name="test-prefetch")
+    assert next(items) == 0
+    items.close()  # what leaving a for loop early does
+    assert not any(t.name == "test-prefetch" for t in threading.enumerate())
+    assert len(produced) <= 4  # at most the queue depth (+ the item in hand) was made ahead
+

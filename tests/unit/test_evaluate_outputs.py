@@ -1,36 +1,24 @@
-"""The evaluation flow's pure parts: which condition a dataset gets, sample-folder reuse decisions, the
-real-vs-real halves, flat metric names and the DVC plot tables (no model, no MLflow, no Prefect run)."""
+"""The evaluation's pure parts (echo_core.evaluation): which condition a dataset gets, sample-folder reuse
+decisions, the real-vs-real halves, flat metric names and the DVC plot tables (no model, no MLflow, no Prefect)."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from support.latent_data import moving_blob
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support.latent_data import moving_blob  # noqa: E402
-
-from echo_core.errors import ConfigError  # noqa: E402
+from echo_core.errors import ConfigError
+from echo_core.evaluation.config import EvaluateConfig, load_configs, sample_config
+from echo_core.evaluation.plan import condition_for, samples_state
+from echo_core.evaluation.ratios import frechet_ratios, reference_halves, video_tree
+from echo_core.evaluation.summary import classification_plots, flat_metrics, regression_plots
 from echo_core.generation.generate import PARAMS_FILE, SampleConfig
-from pipelines.flows.evaluate import (
-    EvaluateConfig,
-    classification_plots,
-    condition_for,
-    flat_metrics,
-    frechet_ratios,
-    load_configs,
-    reference_halves,
-    regression_plots,
-    sample_config,
-    samples_state,
-    video_tree,
-)
 
 
 def _reference(root: Path, videos: int, frames: int = 16, seed: int = 0) -> Path:

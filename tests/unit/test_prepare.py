@@ -16,15 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from echo_core.data.filelist import read_filelist
-from echo_core.data.prepare import (
-    PrepareConfig,
-    open_staging,
-    plan_prepare,
-    prepare_dataset,
-    prepare_video,
-    read_exclude,
-    staging_dir,
-)
+from echo_core.data.jobs import open_staging, read_exclude, run_job, staging_dir
+from echo_core.data.prepare import PLANNERS, PrepareConfig, plan_prepare, prepare_dataset
 from echo_core.data.video import probe_video, write_video
 from echo_core.errors import DataError, UsageError, VideoReadError
 from echo_core.utils.hashing import sha256_file, sha256_tree
@@ -103,10 +96,10 @@ def test_dynamic_harmonised_filelist_with_verified_facts(raw_dynamic: Path, tmp_
     tracings = pd.read_csv(dst / "VolumeTracings.csv")
     assert tracings["FileName"].tolist() == ["v1", "v3"]  # harmonised like the FileList
     manifest = json.loads((dst / "manifest.json").read_text())
-    assert manifest["kind"] == "dynamic" and manifest["rows"] == 4 == report.rows
+    assert manifest["kind"] == "dynamic" and manifest["count"] == 4 == report.count
     assert manifest["source"]["path"] == str(raw_dynamic.absolute()) and len(manifest["source"]["sha256"]) == 64
     without_manifest = shutil.copytree(dst, tmp_path / "copy", ignore=shutil.ignore_patterns("manifest.json"))
-    assert manifest["output_sha256"] == report.output_sha256 == sha256_tree(without_manifest)
+    assert manifest["sha256"] == report.sha256 == sha256_tree(without_manifest)
     assert manifest["code_version"]["echoforge"] and manifest["params"] == {"link": False}
     assert not staging_dir(dst).exists()
 
@@ -127,7 +120,7 @@ def test_pediatric_splits_folds_view_and_facts(raw_pediatric: Path, tmp_path: Pa
 def test_pediatric_is_idempotent(raw_pediatric: Path, tmp_path: Path):
     once = prepare_dataset("pediatric-psax", raw_pediatric, tmp_path / "once")
     twice = prepare_dataset("pediatric-psax", tmp_path / "once", tmp_path / "twice")
-    assert once.output_sha256 == twice.output_sha256
+    assert once.sha256 == twice.sha256
     for name in ("FileList.csv", "VolumeTracings.csv"):
         assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "twice" / name).read_bytes()
     assert sha256_tree(tmp_path / "once" / "Videos") == sha256_tree(tmp_path / "twice" / "Videos")
@@ -189,7 +182,6 @@ def test_exclude_list_is_honoured_and_reported(raw_pediatric: Path, tmp_path: Pa
     df = read_filelist(dst / "FileList.csv")
     assert df["FileName"].tolist() == ["v0", "v2", "v3", "v5"]
     assert sorted(p.stem for p in (dst / "Videos").iterdir()) == ["v0", "v2", "v3", "v5"]
-    assert report.excluded == ["v1", "v4"] and report.unknown_excludes == ["ghost"]
     manifest = json.loads((dst / "manifest.json").read_text())
     assert manifest["excluded"] == {"count": 2, "file_names": ["v1", "v4"], "not_in_filelist": ["ghost"]}
     assert "ghost" in report.summary()
@@ -200,13 +192,13 @@ def test_resume_reuses_staged_work_and_gives_identical_output(raw_pediatric: Pat
     dst = tmp_path / "resumed"
     plan = plan_prepare("pediatric-a4c", raw_pediatric, dst)
     staging = open_staging(plan.dst)
-    half = [prepare_video(job, staging) for job in plan.jobs[:3]]  # ... then the process was killed
+    half = [run_job(job, staging) for job in plan.jobs[:3]]  # ... then the process was killed
     assert not any(r["reused"] for r in half) and not dst.exists()
     (staging / "Videos" / ".v5.crash.tmp.avi").write_bytes(b"half-written by a killed writer")
     (staging / "Videos" / "stale_from_old_plan.avi").write_bytes(b"x")
     report = prepare_dataset("pediatric-a4c", raw_pediatric, dst)
     assert report.reused == 3
-    assert report.output_sha256 == fresh.output_sha256
+    assert report.sha256 == fresh.sha256
     assert sorted(p.name for p in (dst / "Videos").iterdir()) == [f"v{i}.avi" for i in range(6)]
     assert not staging_dir(dst).exists()
 
@@ -215,18 +207,29 @@ def test_resume_redoes_jobs_whose_source_content_changed(raw_pediatric: Path, tm
     dst = tmp_path / "out"
     plan = plan_prepare("pediatric-a4c", raw_pediatric, dst)
     staging = open_staging(plan.dst)
-    first = prepare_video(plan.jobs[0], staging)
-    assert prepare_video(plan.jobs[0], staging)["reused"]
+    first = run_job(plan.jobs[0], staging)
+    assert run_job(plan.jobs[0], staging)["reused"]
     write_video(raw_pediatric / "Videos" / "v0.avi", _clip(9, 20), 25.0)  # new content, same name
-    again = prepare_video(plan.jobs[0], staging)
+    again = run_job(plan.jobs[0], staging)
     assert not again["reused"] and again["row"]["NumberOfFrames"] == 20 != first["row"]["NumberOfFrames"]
     assert again["source_sha256"] != first["source_sha256"]
+
+
+def test_unknown_kind_is_an_error_naming_the_planners(raw_dynamic: Path, tmp_path: Path):
+    from pipelines.commands.data_prepare import PrepareKind
+
+    assert list(PLANNERS) == ["dynamic", "pediatric-a4c", "pediatric-psax", "cardiacnet"]
+    assert [k.value for k in PrepareKind] == list(PLANNERS)  # the CLI's choices (kept import-free for speed)
+    with pytest.raises(UsageError, match="unknown prepare kind 'echonet-lvh'") as err:
+        prepare_dataset("echonet-lvh", raw_dynamic, tmp_path / "out")
+    assert err.value.fix == "use one of: dynamic, pediatric-a4c, pediatric-psax, cardiacnet"
+    assert not (tmp_path / "out").exists() and not staging_dir(tmp_path / "out").exists()
 
 
 def test_threaded_workers_give_the_same_output(raw_dynamic: Path, tmp_path: Path):
     one = prepare_dataset("dynamic", raw_dynamic, tmp_path / "one")
     two = prepare_dataset("dynamic", raw_dynamic, tmp_path / "two", workers=2)
-    assert one.output_sha256 == two.output_sha256
+    assert one.sha256 == two.sha256
 
 
 def test_cli_prepare_and_reference_params(raw_pediatric: Path, tmp_path: Path):
@@ -287,5 +290,5 @@ def test_phantom_pediatric_and_idempotence(phantom, tmp_path: Path, kind: str):
     assert not df["FileName"].str.endswith(".avi").any()
     assert (df["View"] == kind.split("-")[1].upper()).all()
     twice = prepare_dataset(kind, tmp_path / "once", tmp_path / "twice")
-    assert twice.output_sha256 == once.output_sha256
+    assert twice.sha256 == once.sha256
     assert (tmp_path / "once" / "FileList.csv").read_bytes() == (tmp_path / "twice" / "FileList.csv").read_bytes()

@@ -4,6 +4,7 @@ resampling to 32 fps, resume, CLI."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from echo_core.data.export import export_jpg
-from echo_core.data.prepare import open_staging, prepare_video
+from echo_core.data.jobs import open_staging, run_job
 from echo_core.data.reference import ReferenceConfig, build_reference, plan_reference, select
 from echo_core.data.video import write_video
 from echo_core.errors import DataError
+from echo_core.utils.hashing import sha256_tree
 
 # name, split, fps, frames -> duration; with 16 frames at 32 fps the rule is duration >= 0.5 s
 VIDEOS = [
@@ -62,8 +64,9 @@ def test_layout_counts_and_duration_rule(prepared: Path, tmp_path: Path):
     with Image.open(dst / "a_long" / "0000.jpg") as im:
         assert (im.mode, im.size) == ("RGB", (112, 112))
     manifest = json.loads((dst / "manifest.json").read_text())
-    assert manifest["videos"] == list(tree) and manifest["count"] == 4 == report.videos
-    assert manifest["eligible"] == 4 and manifest["params"]["frames"] == 16 and manifest["params"]["seed"] == 42
+    assert manifest["notes"]["videos"] == list(tree) and manifest["count"] == 4 == report.count
+    assert manifest["notes"]["eligible"] == 4 and manifest["params"]["frames"] == 16
+    assert manifest["params"]["seed"] == 42
     assert len(manifest["sha256"]) == 64 and not report.warnings
 
 
@@ -92,7 +95,7 @@ def test_seeded_selection_and_warning_when_too_few(prepared: Path, tmp_path: Pat
     two = build_reference(prepared, tmp_path / "two", frames=16, max_videos=2, seed=7, size=24)
     assert _tree(tmp_path / "one") == _tree(tmp_path / "two") and one.sha256 == two.sha256
     many = build_reference(prepared, tmp_path / "many", frames=16, max_videos=50, size=24)
-    assert many.videos == 4 and "only 4 TRAIN videos" in many.warnings[0]
+    assert many.count == 4 and "only 4 TRAIN videos" in many.warnings[0]
     assert json.loads((tmp_path / "many" / "manifest.json").read_text())["warnings"] == many.warnings
 
 
@@ -106,20 +109,20 @@ def test_resume_reuses_clips(prepared: Path, tmp_path: Path):
     dst = tmp_path / "ref"
     plan = plan_reference(prepared, dst, config=ReferenceConfig(frames=16, size=24))
     staging = open_staging(plan.dst)
-    prepare_video(plan.jobs[0], staging)
+    run_job(plan.jobs[0], staging)
     report = build_reference(prepared, dst, frames=16, size=24)
-    assert report.reused == 1 and report.videos == 4
+    assert report.reused == 1 and report.count == 4
 
 
 def test_export_jpg_layout_and_filelist(prepared: Path, tmp_path: Path):
     dst = tmp_path / "jpg"
-    manifest = export_jpg(prepared, dst, splits=["VAL", "TEST"], size=16, fps=25.0)
+    report = export_jpg(prepared, dst, splits=["VAL", "TEST"], size=16, fps=25.0)
     assert _tree(dst) == {"d_val": [f"{i:04d}.jpg" for i in range(30)],  # 1.2 s at 25 fps
                           "g_test": [f"{i:04d}.jpg" for i in range(38)]}  # 1.5 s at 25 fps
     df = pd.read_csv(dst / "FileList.csv")
     assert df["FileName"].tolist() == ["d_val", "g_test"] and (df["FPS"] == 25.0).all()
     assert df["NumberOfFrames"].tolist() == [30, 38] and (df["FrameHeight"] == 16).all()
-    assert manifest["rows"] == 2
+    assert report.count == 2 == json.loads((dst / "manifest.json").read_text())["count"]
     with Image.open(dst / "d_val" / "0000.jpg") as im:
         assert (im.mode, im.size) == ("RGB", (16, 16))
 
@@ -149,5 +152,24 @@ def test_reference_on_a_prepared_phantom(tmp_path: Path):
     prepare_dataset("dynamic", raw, tmp_path / "prepared")
     report = build_reference(tmp_path / "prepared", tmp_path / "ref", frames=12)  # 20 frames @50 fps = 0.4 s
     train = pd.read_csv(tmp_path / "prepared" / "FileList.csv").query("Split == 'TRAIN'")["FileName"]
-    assert report.videos == len(train) and set(_tree(tmp_path / "ref")) == set(train)
+    assert report.count == len(train) and set(_tree(tmp_path / "ref")) == set(train)
     assert all(len(files) == 12 for files in _tree(tmp_path / "ref").values())
+
+
+def test_prepare_reference_and_export_share_one_manifest_schema(tmp_path: Path):
+    """One schema for every staged output: same keys; `sha256` is the tree without the manifest."""
+    from echo_core.data.phantom.datasets import generate_dataset
+    from echo_core.data.prepare import prepare_dataset
+
+    raw = generate_dataset("dynamic", tmp_path / "raw", num_videos=4, seed=2, num_frames=20, fps=32.0)
+    reports = {"dynamic": prepare_dataset("dynamic", raw, tmp_path / "prepared")}
+    reports["reference"] = build_reference(tmp_path / "prepared", tmp_path / "ref", frames=8, size=24)
+    reports["jpg-export"] = export_jpg(tmp_path / "prepared", tmp_path / "jpg", size=24)
+    keys = {"kind", "layout", "source", "params", "count", "excluded", "notes", "warnings", "code_version", "sha256"}
+    for kind, report in reports.items():
+        dst = Path(report.dst)
+        manifest = json.loads((dst / "manifest.json").read_text())
+        assert set(manifest) == keys and manifest == report.manifest and manifest["kind"] == kind
+        assert set(manifest["source"]) == {"path", "sha256", "files"} and manifest["count"] == report.count
+        bare = shutil.copytree(dst, tmp_path / f"bare-{kind}", ignore=shutil.ignore_patterns("manifest.json"))
+        assert manifest["sha256"] == sha256_tree(bare)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +13,23 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from support.tiny_lvdm import make_bundle
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support.tiny_lvdm import make_bundle  # noqa: E402
-
-from echo_core.data.video import probe_video  # noqa: E402
-from echo_core.errors import DataError, UsageError  # noqa: E402
-from echo_core.generation.conditions import (  # noqa: E402
+from echo_core.data.video import probe_video
+from echo_core.errors import DataError, UsageError
+from echo_core.generation.conditions import (
     ConditionsConfig,
     list_frame_sources,
     load_latent_frame,
     plan_samples,
     read_conditions_csv,
 )
-from echo_core.generation.default_frame import read_frame_png  # noqa: E402
-from echo_core.generation.generate import SampleConfig, generate_samples  # noqa: E402
-from echo_core.generation.pipeline import DEFAULT_FRAME_FILE, load_pipeline  # noqa: E402
-from echo_core.generation.requests import ServingLimits, decode_frame_png, handle_request, parse_params  # noqa: E402
-from echo_core.generation.writers import parse_formats  # noqa: E402
-from echo_core.latents.store import LatentMeta, write_latents  # noqa: E402
+from echo_core.generation.default_frame import read_frame_png
+from echo_core.generation.generate import SampleConfig, generate_samples
+from echo_core.generation.pipeline import DEFAULT_FRAME_FILE, load_pipeline
+from echo_core.generation.requests import ServingLimits, decode_frame_png, handle_request, parse_params
+from echo_core.generation.writers import parse_formats
+from echo_core.latents.store import LatentMeta, write_latents
 
 torch.set_num_threads(2)
 FAST = {"num_frames": 5, "steps": 1, "sampler": "ddim", "fps": 25.0, "device": "cpu"}
@@ -156,3 +153,14 @@ def test_serving_request_validation(pipe, bundle):
                                                               "output_format": "npy", "seed": 4}, limits, default)
     frames = np.load(io.BytesIO(base64.b64decode(ok["video"][0])))
     assert frames.shape == (3, 112, 112) and ok["seed"][0] == 4 and ok["cond_type"][0] == "ef"
+
+
+def test_default_frame_command_rebuilds_the_shipped_png(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["default-frame", str(tmp_path / "frame.png")])
+    assert result.exit_code == 0, result.output
+    shipped = Path(__file__).resolve().parents[2] / "pipelines" / "serving" / "default_frame.png"
+    assert (tmp_path / "frame.png").read_bytes() == shipped.read_bytes()

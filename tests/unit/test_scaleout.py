@@ -51,7 +51,7 @@ def test_shard_count_rejects_zero():
 def test_training_holds_one_gpu_slot_per_local_card(monkeypatch, profile, gpus, expected):
     import torch
 
-    from pipelines.flows.train import local_gpus
+    from pipelines.ops.launch import local_gpus
 
     # No GPU exists on this machine: the visible-card count is the one thing stood in for.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)

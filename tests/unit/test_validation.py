@@ -1,7 +1,8 @@
-"""pipelines/validation.py: the suites (pure), the per-row facts (real PyAV files) and real GX runs."""
+"""pipelines/validation: the suites (pure), reading the FileList (no GX) and real GX runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pandas as pd
@@ -13,11 +14,10 @@ from pipelines.validation import (
     build_rules,
     default_frame_size,
     format_report,
-    number_facts,
     validate_dataset,
-    video_facts,
     write_quarantine,
 )
+from pipelines.validation import validate as validate_module
 
 
 def _by(rules, expectation, column):
@@ -58,25 +58,27 @@ def test_suites_follow_the_dataset_kind():
     assert default_frame_size("cardiacnet", prepared=True) == default_frame_size("dynamic", False) == 112
 
 
-def test_number_facts_tell_empty_from_not_a_number():
-    raw = pd.DataFrame({"EF": ["50.5", "abc", "", "60"], "NumberOfFrames": ["8", "8.5", "x", None]})
-    facts = number_facts(raw, {"EF": "float", "NumberOfFrames": "int", "FileName": "str"})
-    assert facts["EF__number"].tolist() == [True, False, None, True]
-    assert facts["NumberOfFrames__number"].tolist() == [True, False, False, None]
-    assert facts["EF"].iloc[0] == 50.5 and pd.isna(facts["EF"].iloc[1])
-    assert "FileName" not in facts.columns
+@pytest.mark.parametrize("edit, field, hint", [
+    (lambda df: df.drop(columns=["EF"]), "EF", "the file must have columns: FileName, EF, ESV"),
+    (lambda df: df.drop(columns=["EF", "ESV"]), "EF, ESV", "the file must have columns: FileName, EF, ESV"),
+    (lambda df: df.rename(columns={"EF": " ef"}), "EF", "rename ' ef' -> 'EF'"),
+])
+def test_missing_columns_are_named_from_the_header_without_a_gx_run(edit, field, hint, tmp_path, monkeypatch):
+    root = make_fixture_dataset(tmp_path / "ds", num_videos=2)
+    write_raw(root, edit(read_raw(root)))
+    runs = []
 
+    @contextlib.contextmanager
+    def no_gx(suite_name, rules, docs_dir):  # documents nothing, records any validation it is asked for
+        yield lambda name, table: runs.append(name)
 
-def test_video_facts_one_cause_per_broken_row(tmp_path):
-    root = make_fixture_dataset(tmp_path / "ds", num_videos=1)
-    name = read_raw(root).loc[0, "FileName"]
-    good = video_facts(root, name)
-    assert (good["video_decodes"], good["video_size"], good["video_frames"]) == (True, "112x112", 8)
-    missing = video_facts(root, "0XNOPE")
-    assert missing["video_exists"] is False and missing["video_decodes"] is None
-    assert "0XNOPE" in missing["video_error"]
-    unsafe = video_facts(root, "../" + name)
-    assert unsafe["file_name_safe"] is False and unsafe["video_exists"] is None
+    monkeypatch.setattr(validate_module, "gx_session", no_gx)
+    report = _validate(root, tmp_path)
+    assert runs == [] and not report.success and report.num_rows == 0
+    [failure] = report.failures
+    assert (failure.expectation, failure.field, failure.column) == ("read_filelist", field, field)
+    assert failure.message == f"FileList {root / 'FileList.csv'} is missing column(s) {field}"
+    assert failure.hint.startswith(hint) and not failure.row_level
 
 
 def test_unknown_kind_and_non_dataset_folders_are_usage_errors(tmp_path):

@@ -1,0 +1,84 @@
+"""What the one trainer asks of a model: a small task object (`TrainTask`) and the settings it reads.
+
+The trainer (`trainer.train`) owns everything generic: accelerate, mixed precision, gradient accumulation
+and clipping, EMA, checkpoints and exact resume, the data order, per-rank RNG, tracking and previews. A task
+says only what is particular to its model: how to build it, the training data, the loss of one micro-batch,
+an optional preview, and how to export the inference folder. Nothing here assumes video, diffusion or
+conditioning: an image diffusion model, a re-identification net or a regressor is one more task.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from echo_core.tracking import Tracker
+from echo_core.training.checkpoint import CheckpointConfig
+from echo_core.training.ema import EmaConfig
+from echo_core.training.optim import OptimConfig
+
+
+class LoopConfig(Protocol):
+    """The settings the trainer reads from a task's (pydantic) config. Its JSON dump, less
+    `optim.max_steps`, is the trajectory that `--resume latest` must match (`checkpoint.trajectory_hash`)."""
+
+    optim: OptimConfig
+    ema: EmaConfig
+    checkpoint: CheckpointConfig
+    seed: int  # the initial weights, the data order and the per-rank generators derive from it
+    deterministic: bool  # torch deterministic algorithms + no DataLoader workers
+    num_workers: int
+    log_every: int
+
+    def model_dump(self, *, mode: str = "python") -> dict[str, Any]: ...
+
+
+class TrainTask(abc.ABC):
+    """One trainable model. Dataset items are mappings of tensors (collated into one mapping per batch)."""
+
+    name: str = "model"  # progress label
+    export_dir: str = "model"  # the final inference folder, under the run's output folder
+    items_name: str = "items"  # throughput metric: train/<items_name>_per_s
+    preview_every: int | None = None  # optimizer steps between previews; None: no previews
+
+    def __init__(self, config: LoopConfig):
+        self.config = config
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh model (the trainer seeds torch with `config.seed` first, so all ranks start equal)."""
+
+    @abc.abstractmethod
+    def train_dataset(self) -> Dataset:
+        """The training items; an optional `set_epoch(epoch)` is called before each epoch."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """Scalar loss of one micro-batch. `model` is the prepared (possibly DDP-wrapped) model: call it, so
+        gradients synchronise; draw all randomness from `generator` (this rank's, saved in checkpoints)."""
+
+    @abc.abstractmethod
+    def export(self, model: nn.Module, folder: Path, dtype: torch.dtype, step: int) -> Path:
+        """Write the inference folder of `model` (the EMA weights are swapped in) with weights in `dtype`."""
+
+    def preview(self, model: nn.Module, step: int, out_dir: Path, tracker: Tracker) -> None:  # noqa: B027
+        """Rank 0, every `preview_every` steps, EMA weights in eval mode: render and log a preview."""
+
+    def params(self) -> dict[str, Any]:
+        """What rank 0 logs once as the run's parameters."""
+        return {self.name: self.config.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    folder: Path  # the final EMA inference folder (written by the main process)
+    step: int
+    world_size: int
+    is_main: bool

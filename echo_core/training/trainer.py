@@ -1,0 +1,210 @@
+"""The one trainer: accelerate (1 or N processes), EMA, gradient accumulation, atomic checkpoints, exact resume.
+
+`train(task, out_dir, ...)` trains any `TrainTask` (the LVDM is `lvdm.LvdmTask`). What it fixes relative to
+the reference trainers (seed-systems §3, §8):
+
+- the LR warm-up is counted in optimizer steps, whatever the number of processes (§8.31, `optim.py`);
+- previews run at optimizer-step boundaries only, never at step 0 or repeatedly under accumulation (§8.31);
+- randomness comes from seeded per-rank generators and a resumable sampler, all saved in each checkpoint,
+  so `--resume latest` after a kill -9 ends on bit-identical weights (CPU, `deterministic: true`).
+
+Checkpoint folder `checkpoint-<step>/` (atomic, see `checkpoint.py`): accelerate `save_state` (model,
+optimizer, RNG), `ema.safetensors`, `rng-rank<r>.safetensors` (the per-rank training generator),
+`trainer_state.json` (step, data position, LR scheduler, loss history) and, every `ema_every` steps,
+`ema_export/` (the slim fp16 inference folder that is also logged to the tracker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from echo_core.tracking import NullTracker, Tracker
+from echo_core.training.checkpoint import (
+    EMA_FILE,
+    EXPORT_DIR,
+    STATE_FILE,
+    checkpoint_writer,
+    compatible_checkpoint,
+    prune_checkpoints,
+    resolve_resume,
+    trajectory_hash,
+)
+from echo_core.training.data_order import History
+from echo_core.training.run import TrainingRun, build_run, to_device
+from echo_core.training.task import TrainResult, TrainTask
+from echo_core.utils.atomic import atomic_dir, write_json_atomic
+from echo_core.utils.progress import progress
+
+log = logging.getLogger("echoforge.train")
+
+SUMMARY_FILE = "train_summary.json"
+
+
+def optimizer_step(run: TrainingRun) -> dict[str, float]:
+    """grad_accum micro-batches → clip → AdamW → LR schedule → EMA. Returns this step's metrics."""
+    acc, optim = run.accelerator, run.cfg.optim
+    start = time.perf_counter()
+    losses = []
+    for micro in range(optim.grad_accum):
+        batch = to_device(run.next_batch(), acc.device)
+        last = micro == optim.grad_accum - 1
+        with contextlib.nullcontext() if last else acc.no_sync(run.net):  # all-reduce once per step
+            loss = run.task.loss(run.net, batch, run.generator)
+            acc.backward(loss / optim.grad_accum)
+        losses.append(loss.detach().float())
+    params = [p for p in run.net.parameters() if p.requires_grad]
+    grad_norm = acc.clip_grad_norm_(params, optim.grad_clip or math.inf)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if (run.step + 1) % run.cfg.ema.update_every == 0:
+        run.ema.update(run.module)
+    mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean")
+    items = optim.batch_size * optim.grad_accum * acc.num_processes
+    return {"train/loss": float(mean_loss), "train/lr": float(lr), "train/grad_norm": float(grad_norm),
+            f"train/{run.task.items_name}_per_s": items / max(time.perf_counter() - start, 1e-9)}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _trainer_state(run: TrainingRun) -> dict[str, Any]:
+    return {"trajectory_hash": trajectory_hash(run.cfg), "step": run.step,
+            "world_size": run.accelerator.num_processes, "sampler": run.sampler.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "history": run.history.__dict__}
+
+
+def save_checkpoint(run: TrainingRun, root: Path, tracker: Tracker) -> Path:
+    """Write `root/checkpoint-<step>` atomically (all ranks), prune old ones, log the EMA export."""
+    from safetensors.torch import save_file
+
+    acc, ckpt = run.accelerator, run.cfg.checkpoint
+    export = run.step % (ckpt.ema_every or ckpt.every) == 0 or run.step == run.cfg.optim.max_steps
+    with checkpoint_writer(root, run.step, is_main=run.is_main) as tmp:
+        acc.wait_for_everyone()  # the main rank has created `tmp`
+        acc.save_state(str(tmp))
+        save_file({"state": run.generator.get_state()}, str(tmp / f"rng-rank{acc.process_index}.safetensors"))
+        if run.is_main:
+            run.ema.save(tmp / EMA_FILE)
+            if export:
+                run.export_ema(tmp / EXPORT_DIR, torch.float16)
+            write_json_atomic(tmp / STATE_FILE, _trainer_state(run))
+        acc.wait_for_everyone()  # every rank has written before the main rank renames
+    final = root / f"checkpoint-{run.step}"
+    if run.is_main:
+        prune_checkpoints(root, ckpt.total_limit)
+        if export:
+            tracker.log_artifact(final / EXPORT_DIR, f"ema/step-{run.step:07d}")
+        log.info("checkpoint %s", final)
+    return final
+
+
+def load_checkpoint(run: TrainingRun, folder: Path) -> None:
+    """Restore model, optimizer, RNG (accelerate), EMA, generator, data position, scheduler and history."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    if state["world_size"] != run.accelerator.num_processes:
+        log.warning("checkpoint %s was written by %d processes, resuming with %d: the data order changes",
+                    folder, state["world_size"], run.accelerator.num_processes)
+    run.accelerator.load_state(str(folder))
+    run.ema.load(folder / EMA_FILE)
+    rng_file = folder / f"rng-rank{run.accelerator.process_index}.safetensors"
+    if rng_file.is_file():
+        run.generator.set_state(load_file(str(rng_file))["state"])
+    run.sampler.load_state_dict(state["sampler"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.history = History(**state["history"])
+    run.step = int(state["step"])
+
+
+def weights_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names and exact bytes (rank-consistency and resume checks)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(task: TrainTask, out_dir: str | Path, *, tracker: Tracker | None = None,
+          resume: str | None = None) -> TrainResult:
+    """Train (or resume, `resume="latest"` or a checkpoint folder) `task`. Writes under `out_dir`:
+    checkpoints/, the task's previews, `<task.export_dir>/` (final EMA inference folder), train_summary.json
+    and ranks/rank-<r>.json (weight digests of every process)."""
+    tracker = tracker or NullTracker()
+    out_dir = Path(out_dir)
+    run = build_run(task)
+    checkpoint = compatible_checkpoint(resolve_resume(out_dir / "checkpoints", resume), task.config,
+                                       latest=resume == "latest")
+    if checkpoint is not None:
+        load_checkpoint(run, checkpoint)
+        log.info("resumed from %s (step %d)", checkpoint, run.step)
+    if run.is_main:
+        tracker.log_params(task.params())
+        tracker.set_tags({"world_size": str(run.accelerator.num_processes), "resumed_from_step": str(run.step)})
+    _loop(run, out_dir, tracker)
+    return _finish(run, out_dir)
+
+
+def _loop(run: TrainingRun, out_dir: Path, tracker: Tracker) -> None:
+    cfg, every = run.cfg, run.task.preview_every
+    max_steps = cfg.optim.max_steps
+    steps = range(run.step, max_steps)
+    run.net.train()
+    for _ in progress(steps, desc=f"train {run.task.name}") if run.is_main else steps:
+        metrics = optimizer_step(run)
+        run.step += 1
+        run.history.add(metrics["train/loss"], metrics["train/lr"])
+        if run.is_main and (run.step % cfg.log_every == 0 or run.step == max_steps):
+            tracker.log_metrics(metrics, step=run.step)
+        if run.is_main and every and run.step % every == 0:
+            _preview(run, out_dir, tracker)
+        if run.step % cfg.checkpoint.every == 0 or run.step == max_steps:
+            save_checkpoint(run, out_dir / "checkpoints", tracker)
+
+
+def _preview(run: TrainingRun, out_dir: Path, tracker: Tracker) -> None:
+    """The task's preview with the EMA weights in eval mode (the training weights come back bit-exactly)."""
+    net = run.module
+    net.eval()
+    with run.ema.applied_to(net):
+        run.task.preview(net, run.step, out_dir, tracker)
+    net.train()
+
+
+def _finish(run: TrainingRun, out_dir: Path) -> TrainResult:
+    """Final EMA folder + summary (main), per-rank weight digests (all ranks)."""
+    acc = run.accelerator
+    folder = out_dir / run.task.export_dir
+    if run.is_main:
+        with atomic_dir(folder) as tmp:
+            run.export_ema(tmp, torch.float32)
+        first, last = run.history.first_loss, run.history.last_loss
+        write_json_atomic(out_dir / SUMMARY_FILE, {
+            "step": run.step, "world_size": acc.num_processes, "epoch": run.sampler.epoch,
+            "loss_first_mean": float(np.mean(first)) if first else None,
+            "loss_last_mean": float(np.mean(last)) if last else None, "history": run.history.__dict__,
+        })
+    write_json_atomic(out_dir / "ranks" / f"rank-{acc.process_index}.json", {
+        "rank": acc.process_index, "world_size": acc.num_processes, "step": run.step,
+        "weights_sha256": weights_digest(run.module.state_dict()), "ema_sha256": weights_digest(run.ema.shadow),
+    })
+    acc.wait_for_everyone()
+    acc.end_training()
+    return TrainResult(folder, run.step, acc.num_processes, run.is_main)
