@@ -1,12 +1,18 @@
-"""The resumable data order and the loss history: the parts of a run's position that are not weights."""
+"""The data order and the loss history: the parts of a run's position that are not weights.
+
+A task picks its data order (`TrainTask.data_order`); the default is `LoaderOrder`, a DataLoader over the
+resumable sampler below. Any order gives the trainer the next micro-batch and its own resumable state.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
-from torch.utils.data import Sampler
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from echo_core.errors import DataError
 
@@ -53,6 +59,58 @@ class ResumableSampler(Sampler[int]):
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+class DataOrder(Protocol):
+    """Where a run's batches come from, and its resumable position (saved in each checkpoint)."""
+
+    epoch: int
+
+    def next_batch(self, step: int) -> Mapping[str, Any]:
+        """The next micro-batch of optimizer step `step` (0-based)."""
+
+    def state_dict(self) -> dict[str, int]: ...
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None: ...
+
+
+class LoaderOrder:
+    """A DataLoader over this rank's `ResumableSampler` shard; moves to the next epoch (and its per-item
+    randomness, via the dataset's optional `set_epoch`) when one ends."""
+
+    def __init__(self, dataset: Dataset, cfg: Any, *, rank: int, world_size: int):
+        self.dataset = dataset
+        self.sampler = ResumableSampler(len(dataset), cfg.optim.batch_size, seed=cfg.seed, rank=rank,
+                                        world_size=world_size)
+        self.loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=self.sampler, drop_last=True,
+                                 num_workers=0 if cfg.deterministic else cfg.num_workers,
+                                 generator=torch.Generator().manual_seed(cfg.seed))
+        self._batches: Iterator | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def next_batch(self, step: int) -> Mapping[str, Any]:
+        while True:
+            if self._batches is None:
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(self.sampler.epoch)
+                self._batches = iter(self.loader)
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                self.sampler.next_epoch()
+                self._batches = None
+                continue
+            self.sampler.advance()
+            return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 @dataclass

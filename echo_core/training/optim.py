@@ -26,7 +26,9 @@ class OptimConfig(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(1e-2, ge=0)
     eps: float = Field(1e-8, gt=0)
-    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up; cosine decays to 0 at max_steps
+    # after warm-up; cosine decays to 0 at max_steps; none: no scheduler, so `lr` throughout and no
+    # `initial_lr` in the optimizer's state (the VAE's optimizer state predates the scheduler)
+    schedule: Literal["constant", "cosine", "none"] = "constant"
     warmup_steps: int = Field(500, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)  # None: no clipping (the norm is still logged)
     grad_accum: int = Field(1, ge=1)
@@ -39,6 +41,8 @@ class OptimConfig(StrictModel):
     def _warmup_fits(self) -> OptimConfig:
         if self.schedule == "cosine" and self.warmup_steps >= self.max_steps:
             raise ValueError("cosine schedule needs warmup_steps < max_steps")
+        if self.schedule == "none" and self.warmup_steps:
+            raise ValueError("a warm-up needs a schedule: set schedule to constant or cosine, or warmup_steps 0")
         return self
 
 
@@ -46,7 +50,7 @@ def lr_multiplier(step: int, cfg: OptimConfig) -> float:
     """Factor on `cfg.lr` for optimizer step `step` (0-based): linear warm-up reaching 1 at step
     warmup_steps − 1 (so the first step already learns), then constant or cosine to zero."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    if cfg.schedule == "constant" or step < cfg.warmup_steps:
+    if cfg.schedule != "cosine" or step < cfg.warmup_steps:
         return warm
     progress = (step + 1 - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -58,6 +62,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> t
                              eps=cfg.eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over `lr_multiplier`; step it once per optimizer step and never `prepare` it."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """LambdaLR over `lr_multiplier` (None for schedule none); step it once per optimizer step and never
+    `prepare` it."""
+    if cfg.schedule == "none":
+        return None
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg))

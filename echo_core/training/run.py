@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Iterator, Mapping
@@ -15,9 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from echo_core.training.data_order import History, ResumableSampler
+from echo_core.training.data_order import DataOrder, History
 from echo_core.training.ema import EMA
 from echo_core.training.optim import build_optimizer, build_scheduler
 from echo_core.training.task import LoopConfig, TrainTask
@@ -30,16 +30,13 @@ class TrainingRun:
     task: TrainTask
     accelerator: Any
     net: nn.Module  # prepared (DDP-wrapped when distributed)
-    ema: EMA
+    ema: EMA | None  # None when the task's config has `ema: None`
     optimizer: Any
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    dataset: Dataset
-    sampler: ResumableSampler
-    loader: DataLoader
-    generator: torch.Generator  # all of the task's training randomness (per rank)
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None  # None for `optim.schedule: none`
+    data: DataOrder
+    generator: torch.Generator | None  # all of the task's training randomness (per rank); None: global RNG
     history: History = field(default_factory=History)
     step: int = 0
-    _batches: Iterator | None = None
 
     @property
     def cfg(self) -> LoopConfig:
@@ -53,25 +50,24 @@ class TrainingRun:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def next_batch(self) -> dict[str, Any]:
-        """The next micro-batch, moving to the next epoch (and its per-item randomness) when one ends."""
-        while True:
-            if self._batches is None:
-                if hasattr(self.dataset, "set_epoch"):
-                    self.dataset.set_epoch(self.sampler.epoch)
-                self._batches = iter(self.loader)
-            try:
-                batch = next(self._batches)
-            except StopIteration:
-                self.sampler.next_epoch()
-                self._batches = None
-                continue
-            self.sampler.advance()
-            return batch
+    @property
+    def lr(self) -> float:
+        """The LR of the coming optimizer step."""
+        return self.scheduler.get_last_lr()[0] if self.scheduler else self.optimizer.param_groups[0]["lr"]
 
-    def export_ema(self, folder: Path, dtype: torch.dtype) -> Path:
-        """The task's inference folder of the EMA weights (swapped in and back bit-exactly)."""
-        with self.ema.applied_to(self.module) as net:
+    def next_batch(self) -> Mapping[str, Any]:
+        return self.data.next_batch(self.step)
+
+    @contextlib.contextmanager
+    def inference_weights(self) -> Iterator[nn.Module]:
+        """The unwrapped model with the EMA weights swapped in (and back bit-exactly), or as trained."""
+        swap = self.ema.applied_to(self.module) if self.ema is not None else contextlib.nullcontext(self.module)
+        with swap as net:
+            yield net
+
+    def export(self, folder: Path, dtype: torch.dtype) -> Path:
+        """The task's inference folder of the inference weights."""
+        with self.inference_weights() as net:
             return self.task.export(net, folder, dtype, self.step)
 
 
@@ -102,16 +98,13 @@ def build_run(task: TrainTask) -> TrainingRun:
     cfg = task.config
     accelerator = _make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    dataset = task.train_dataset()
-    sampler = ResumableSampler(len(dataset), cfg.optim.batch_size, seed=cfg.seed, rank=rank, world_size=world)
-    workers = 0 if cfg.deterministic else cfg.num_workers
-    loader = DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=workers, generator=torch.Generator().manual_seed(cfg.seed))
+    data = task.data_order(task.train_dataset(), rank=rank, world_size=world)
     torch.manual_seed(cfg.seed)  # the run's seed, not the rank's: every rank starts from the same weights
-    net = task.build_model().to(accelerator.device)
-    ema = EMA(net, cfg.ema)
-    optimizer = build_optimizer((p for p in net.parameters() if p.requires_grad), cfg.optim)
-    net, optimizer = accelerator.prepare(net, optimizer)
+    model = task.build_model().to(accelerator.device)
+    ema = EMA(model, cfg.ema) if cfg.ema is not None else None
+    optimizer = build_optimizer((p for p in model.parameters() if p.requires_grad), cfg.optim)
+    net, optimizer = accelerator.prepare(model, optimizer)
+    task.prepare_extras(model, accelerator)
     scheduler = build_scheduler(optimizer, cfg.optim)  # NOT prepared: stepped once per optimizer step
-    return TrainingRun(task, accelerator, net, ema, optimizer, scheduler, dataset, sampler, loader,
-                       _seed_rank(cfg.seed, rank))
+    generator = None if task.uses_global_rng else _seed_rank(cfg.seed, rank)
+    return TrainingRun(task, accelerator, net, ema, optimizer, scheduler, data, generator)

@@ -5,6 +5,11 @@ and clipping, EMA, checkpoints and exact resume, the data order, per-rank RNG, t
 says only what is particular to its model: how to build it, the training data, the loss of one micro-batch,
 an optional preview, and how to export the inference folder. Nothing here assumes video, diffusion or
 conditioning: an image diffusion model, a re-identification net or a regressor is one more task.
+
+Optional hooks, with defaults that are the plain case: `data_order` (the resumable sampler),
+`prepare_extras` + `extra_step` (modules with their own optimizer, e.g. a GAN's discriminator),
+`checkpoint_dir` / `trajectory_hash` (where checkpoints live and what `--resume latest` must match),
+`log_start` and `finish` (what rank 0 logs first, and does before the final export).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from echo_core.tracking import Tracker
-from echo_core.training.checkpoint import CheckpointConfig
+from echo_core.training.checkpoint import CheckpointConfig, trajectory_hash
+from echo_core.training.data_order import DataOrder, LoaderOrder
 from echo_core.training.ema import EmaConfig
 from echo_core.training.optim import OptimConfig
 
@@ -30,7 +36,7 @@ class LoopConfig(Protocol):
     `optim.max_steps`, is the trajectory that `--resume latest` must match (`checkpoint.trajectory_hash`)."""
 
     optim: OptimConfig
-    ema: EmaConfig
+    ema: EmaConfig | None  # None: no EMA; previews and exports use the training weights
     checkpoint: CheckpointConfig
     seed: int  # the initial weights, the data order and the per-rank generators derive from it
     deterministic: bool  # torch deterministic algorithms + no DataLoader workers
@@ -47,6 +53,9 @@ class TrainTask(abc.ABC):
     export_dir: str = "model"  # the final inference folder, under the run's output folder
     items_name: str = "items"  # throughput metric: train/<items_name>_per_s
     preview_every: int | None = None  # optimizer steps between previews; None: no previews
+    # True: `loss` draws from torch's global RNG as seeded for the weights (accelerate's save_state saves
+    # it), gets `generator=None`, and the trainer does not reseed the global RNGs per rank.
+    uses_global_rng: bool = False
 
     def __init__(self, config: LoopConfig):
         self.config = config
@@ -74,6 +83,35 @@ class TrainTask(abc.ABC):
     def params(self) -> dict[str, Any]:
         """What rank 0 logs once as the run's parameters."""
         return {self.name: self.config.model_dump(mode="json")}
+
+    def log_start(self, tracker: Tracker, step: int, world_size: int) -> None:
+        """Rank 0, when the run starts (step 0) or resumes at `step`."""
+        tracker.log_params(self.params())
+        tracker.set_tags({"world_size": str(world_size), "resumed_from_step": str(step)})
+
+    def data_order(self, dataset: Dataset, *, rank: int, world_size: int) -> DataOrder:
+        """This rank's batches of `dataset` and their resumable position."""
+        return LoaderOrder(dataset, self.config, rank=rank, world_size=world_size)
+
+    def prepare_extras(self, model: nn.Module, accelerator: Any) -> None:  # noqa: B027
+        """Build what trains beside `model` with its own optimizer (a GAN's discriminator) and pass it
+        through `accelerator.prepare`, so `save_state` checkpoints it. Called right after `model` is built
+        from the seeded RNG."""
+
+    def extra_step(self, step: int) -> dict[str, float]:
+        """After the model's optimizer step `step` (0-based): step the extras; return the task's metrics."""
+        return {}
+
+    def checkpoint_dir(self, out_dir: Path) -> Path:
+        return out_dir / "checkpoints"
+
+    def trajectory_hash(self) -> str | None:
+        """Recorded in each checkpoint; `--resume latest` continues only a checkpoint with the same.
+        None: the task keys `checkpoint_dir` by its trajectory instead, so no check is needed."""
+        return trajectory_hash(self.config)
+
+    def finish(self, model: nn.Module, out_dir: Path, step: int, tracker: Tracker) -> None:  # noqa: B027
+        """Rank 0, after the last step, with the final weights swapped in, before the final export."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from echo_core.training.checkpoint import (
     compatible_checkpoint,
     prune_checkpoints,
     resolve_resume,
-    trajectory_hash,
 )
 from echo_core.training.data_order import History
 from echo_core.training.run import TrainingRun, build_run, to_device
@@ -52,7 +51,8 @@ SUMMARY_FILE = "train_summary.json"
 
 
 def optimizer_step(run: TrainingRun) -> dict[str, float]:
-    """grad_accum micro-batches → clip → AdamW → LR schedule → EMA. Returns this step's metrics."""
+    """grad_accum micro-batches → clip → AdamW → LR schedule → EMA → the task's extras. Returns this step's
+    metrics."""
     acc, optim = run.accelerator, run.cfg.optim
     start = time.perf_counter()
     losses = []
@@ -65,25 +65,30 @@ def optimizer_step(run: TrainingRun) -> dict[str, float]:
         losses.append(loss.detach().float())
     params = [p for p in run.net.parameters() if p.requires_grad]
     grad_norm = acc.clip_grad_norm_(params, optim.grad_clip or math.inf)
-    lr = run.scheduler.get_last_lr()[0]
+    lr = run.lr
     run.optimizer.step()
-    run.scheduler.step()
+    if run.scheduler is not None:
+        run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if (run.step + 1) % run.cfg.ema.update_every == 0:
+    if run.ema is not None and (run.step + 1) % run.cfg.ema.update_every == 0:
         run.ema.update(run.module)
+    extra = run.task.extra_step(run.step)
     mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean")
     items = optim.batch_size * optim.grad_accum * acc.num_processes
     return {"train/loss": float(mean_loss), "train/lr": float(lr), "train/grad_norm": float(grad_norm),
-            f"train/{run.task.items_name}_per_s": items / max(time.perf_counter() - start, 1e-9)}
+            f"train/{run.task.items_name}_per_s": items / max(time.perf_counter() - start, 1e-9), **extra}
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
 def _trainer_state(run: TrainingRun) -> dict[str, Any]:
-    return {"trajectory_hash": trajectory_hash(run.cfg), "step": run.step,
-            "world_size": run.accelerator.num_processes, "sampler": run.sampler.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "history": run.history.__dict__}
+    state = {"trajectory_hash": run.task.trajectory_hash(), "step": run.step,
+             "world_size": run.accelerator.num_processes, "sampler": run.data.state_dict(),
+             "history": run.history.__dict__}
+    if run.scheduler is not None:
+        state["scheduler"] = run.scheduler.state_dict()
+    return state
 
 
 def save_checkpoint(run: TrainingRun, root: Path, tracker: Tracker) -> Path:
@@ -91,15 +96,18 @@ def save_checkpoint(run: TrainingRun, root: Path, tracker: Tracker) -> Path:
     from safetensors.torch import save_file
 
     acc, ckpt = run.accelerator, run.cfg.checkpoint
-    export = run.step % (ckpt.ema_every or ckpt.every) == 0 or run.step == run.cfg.optim.max_steps
+    export = run.ema is not None and (run.step % (ckpt.ema_every or ckpt.every) == 0
+                                      or run.step == run.cfg.optim.max_steps)
     with checkpoint_writer(root, run.step, is_main=run.is_main) as tmp:
         acc.wait_for_everyone()  # the main rank has created `tmp`
-        acc.save_state(str(tmp))
-        save_file({"state": run.generator.get_state()}, str(tmp / f"rng-rank{acc.process_index}.safetensors"))
+        acc.save_state(str(tmp))  # with the global RNGs, which a `uses_global_rng` task draws from
+        if run.generator is not None:
+            save_file({"state": run.generator.get_state()}, str(tmp / f"rng-rank{acc.process_index}.safetensors"))
         if run.is_main:
-            run.ema.save(tmp / EMA_FILE)
+            if run.ema is not None:
+                run.ema.save(tmp / EMA_FILE)
             if export:
-                run.export_ema(tmp / EXPORT_DIR, torch.float16)
+                run.export(tmp / EXPORT_DIR, torch.float16)
             write_json_atomic(tmp / STATE_FILE, _trainer_state(run))
         acc.wait_for_everyone()  # every rank has written before the main rank renames
     final = root / f"checkpoint-{run.step}"
@@ -112,21 +120,26 @@ def save_checkpoint(run: TrainingRun, root: Path, tracker: Tracker) -> Path:
 
 
 def load_checkpoint(run: TrainingRun, folder: Path) -> None:
-    """Restore model, optimizer, RNG (accelerate), EMA, generator, data position, scheduler and history."""
+    """Restore model, optimizer, RNG (accelerate), EMA, generator, data position, scheduler and history.
+    Keys a run without them does not write (VAE checkpoints of before the one trainer: only `step`) may
+    be missing."""
     from safetensors.torch import load_file
 
     state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    if state["world_size"] != run.accelerator.num_processes:
+    world = state.get("world_size", run.accelerator.num_processes)
+    if world != run.accelerator.num_processes:
         log.warning("checkpoint %s was written by %d processes, resuming with %d: the data order changes",
-                    folder, state["world_size"], run.accelerator.num_processes)
+                    folder, world, run.accelerator.num_processes)
     run.accelerator.load_state(str(folder))
-    run.ema.load(folder / EMA_FILE)
+    if run.ema is not None:
+        run.ema.load(folder / EMA_FILE)
     rng_file = folder / f"rng-rank{run.accelerator.process_index}.safetensors"
-    if rng_file.is_file():
+    if run.generator is not None and rng_file.is_file():
         run.generator.set_state(load_file(str(rng_file))["state"])
-    run.sampler.load_state_dict(state["sampler"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.history = History(**state["history"])
+    run.data.load_state_dict(state.get("sampler", {}))
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    run.history = History(**state.get("history", {}))
     run.step = int(state["step"])
 
 
@@ -150,16 +163,16 @@ def train(task: TrainTask, out_dir: str | Path, *, tracker: Tracker | None = Non
     tracker = tracker or NullTracker()
     out_dir = Path(out_dir)
     run = build_run(task)
-    checkpoint = compatible_checkpoint(resolve_resume(out_dir / "checkpoints", resume), task.config,
-                                       latest=resume == "latest")
+    checkpoint = resolve_resume(task.checkpoint_dir(out_dir), resume)
+    if task.trajectory_hash() is not None:
+        checkpoint = compatible_checkpoint(checkpoint, task.config, latest=resume == "latest")
     if checkpoint is not None:
         load_checkpoint(run, checkpoint)
         log.info("resumed from %s (step %d)", checkpoint, run.step)
     if run.is_main:
-        tracker.log_params(task.params())
-        tracker.set_tags({"world_size": str(run.accelerator.num_processes), "resumed_from_step": str(run.step)})
+        task.log_start(tracker, run.step, run.accelerator.num_processes)
     _loop(run, out_dir, tracker)
-    return _finish(run, out_dir)
+    return _finish(run, out_dir, tracker)
 
 
 def _loop(run: TrainingRun, out_dir: Path, tracker: Tracker) -> None:
@@ -176,34 +189,35 @@ def _loop(run: TrainingRun, out_dir: Path, tracker: Tracker) -> None:
         if run.is_main and every and run.step % every == 0:
             _preview(run, out_dir, tracker)
         if run.step % cfg.checkpoint.every == 0 or run.step == max_steps:
-            save_checkpoint(run, out_dir / "checkpoints", tracker)
+            save_checkpoint(run, run.task.checkpoint_dir(out_dir), tracker)
 
 
 def _preview(run: TrainingRun, out_dir: Path, tracker: Tracker) -> None:
     """The task's preview with the EMA weights in eval mode (the training weights come back bit-exactly)."""
-    net = run.module
-    net.eval()
-    with run.ema.applied_to(net):
+    run.module.eval()
+    with run.inference_weights() as net:
         run.task.preview(net, run.step, out_dir, tracker)
-    net.train()
+    run.module.train()
 
 
-def _finish(run: TrainingRun, out_dir: Path) -> TrainResult:
-    """Final EMA folder + summary (main), per-rank weight digests (all ranks)."""
+def _finish(run: TrainingRun, out_dir: Path, tracker: Tracker) -> TrainResult:
+    """The task's finish + final EMA folder + summary (main), per-rank weight digests (all ranks)."""
     acc = run.accelerator
     folder = out_dir / run.task.export_dir
     if run.is_main:
-        with atomic_dir(folder) as tmp:
-            run.export_ema(tmp, torch.float32)
+        with run.inference_weights() as net, atomic_dir(folder) as tmp:
+            run.task.finish(net, out_dir, run.step, tracker)
+            run.task.export(net, tmp, torch.float32, run.step)
         first, last = run.history.first_loss, run.history.last_loss
         write_json_atomic(out_dir / SUMMARY_FILE, {
-            "step": run.step, "world_size": acc.num_processes, "epoch": run.sampler.epoch,
+            "step": run.step, "world_size": acc.num_processes, "epoch": run.data.epoch,
             "loss_first_mean": float(np.mean(first)) if first else None,
             "loss_last_mean": float(np.mean(last)) if last else None, "history": run.history.__dict__,
         })
     write_json_atomic(out_dir / "ranks" / f"rank-{acc.process_index}.json", {
         "rank": acc.process_index, "world_size": acc.num_processes, "step": run.step,
-        "weights_sha256": weights_digest(run.module.state_dict()), "ema_sha256": weights_digest(run.ema.shadow),
+        "weights_sha256": weights_digest(run.module.state_dict()),
+        "ema_sha256": weights_digest(run.ema.shadow) if run.ema is not None else None,
     })
     acc.wait_for_everyone()
     acc.end_training()

@@ -1,18 +1,19 @@
-"""VAE training: accelerate, atomic checkpoints, exact resume, VAL PSNR/SSIM, reconstruction grids.
+"""The VAE as a training task (`VaeTask`) of the one trainer, with an optional hinge PatchGAN, VAL PSNR/SSIM,
+reconstruction grids and a calibrated `scaling_factor`.
 
 `train_vae` is the one entry point (the CLI and Prefect call it). Data position is a pure function of
 (seed, step) — each step's batch comes from a per-epoch permutation — so `--resume latest` restores the
 model, optimizers, RNG (accelerate `save_state`) and the step, and continues on exactly the batches an
-uninterrupted run would have seen.
+uninterrupted run would have seen. The trained bytes are those of the VAE's own loop before it joined the
+trainer: no EMA, no LR scheduler, no accumulation, the posterior noise from torch's global RNG.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +24,8 @@ from echo_core.config import StrictModel
 from echo_core.data.frames import FrameDataset, frames_key, load_split_frames
 from echo_core.metrics.image import psnr, ssim
 from echo_core.models.vae import build_vae, output_to_frames
-from echo_core.tracking import NullTracker, Tracker
-from echo_core.training.checkpoint import checkpoint_writer, prune_checkpoints, resolve_resume
+from echo_core.tracking import Tracker
+from echo_core.training.checkpoint import CheckpointConfig
 from echo_core.training.losses import (
     PatchDiscriminator,
     hinge_d_loss,
@@ -32,11 +33,14 @@ from echo_core.training.losses import (
     kl_loss,
     reconstruction_loss,
 )
-from echo_core.utils.atomic import atomic_dir, atomic_path, write_json_atomic
+from echo_core.training.optim import OptimConfig
+from echo_core.training.task import TrainTask
+from echo_core.training.trainer import train
+from echo_core.utils.atomic import atomic_path, write_json_atomic
 from echo_core.utils.hashing import config_hash
 
 log = logging.getLogger("echoforge.vae")
-STATE_FILE = "trainer_state.json"
+FINAL_DIR = "vae"
 
 
 class VaeTrainConfig(StrictModel):
@@ -147,136 +151,177 @@ class Reconstruct(torch.nn.Module):
         return self.vae.decode(posterior.sample()).sample, posterior.mean, posterior.logvar
 
 
-@dataclass
-class _Parts:
-    """Everything `save_state` checkpoints (discriminator only when configured)."""
+class LoopSettings(StrictModel):
+    """The trainer's view of a `VaeTrainConfig` (see `loop_settings`)."""
 
-    vae: Any  # the prepared `Reconstruct` wrapper
-    opt: torch.optim.Optimizer
-    disc: torch.nn.Module | None = None
-    opt_d: torch.optim.Optimizer | None = None
-
-
-def _build_parts(cfg: VaeTrainConfig, accelerator) -> _Parts:
-    torch.manual_seed(cfg.seed)  # weight init is part of the run's seeded randomness
-    vae = Reconstruct(build_vae(cfg.model, sample_size=cfg.resolution))
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
-    if cfg.disc_start is None:
-        vae, opt = accelerator.prepare(vae, opt)
-        return _Parts(vae, opt)
-    disc = PatchDiscriminator(in_channels=vae.vae.config.out_channels)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
-    return _Parts(*accelerator.prepare(vae, opt, disc, opt_d))
+    optim: OptimConfig
+    ema: None = None
+    checkpoint: CheckpointConfig
+    seed: int
+    deterministic: bool = False
+    num_workers: int = 0
+    log_every: int
 
 
-def _train_step(parts: _Parts, x: torch.Tensor, step: int, cfg: VaeTrainConfig, accelerator) -> dict[str, float]:
-    """One generator (and, after `disc_start`, discriminator) update. x: (B, 3, H, W) in [-1, 1]."""
-    x_hat, mean, logvar = parts.vae(x)
-    rec = reconstruction_loss(x, x_hat, cfg.recon_loss)
-    kl = kl_loss(mean, logvar)
-    loss = rec + cfg.kl_weight * kl
-    gan_on = parts.disc is not None and step >= cfg.disc_start
-    if gan_on:
-        g = hinge_g_loss(parts.disc(x_hat))
-        loss = loss + cfg.disc_weight * g
-    parts.opt.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    parts.opt.step()
-    out = {"train/loss": loss.item(), "train/rec": rec.item(), "train/kl": kl.item()}
-    if gan_on:
-        real, fake = parts.disc(torch.cat([x, x_hat.detach()])).chunk(2)  # one forward: DDP-friendly
+def loop_settings(cfg: VaeTrainConfig) -> LoopSettings:
+    """The one trainer's settings that reproduce the VAE's own loop: AdamW(lr, betas) with torch's default
+    weight decay and eps, no LR scheduler, no clipping, no accumulation, no EMA."""
+    optim = OptimConfig(lr=cfg.learning_rate, betas=cfg.adam_betas, weight_decay=1e-2, eps=1e-8, schedule="none",
+                        warmup_steps=0, grad_clip=None, batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+                        mixed_precision=cfg.mixed_precision)
+    checkpoint = CheckpointConfig(every=cfg.checkpoint_every, total_limit=cfg.checkpoints_total_limit)
+    return LoopSettings(optim=optim, checkpoint=checkpoint, seed=cfg.seed, log_every=cfg.log_every)
+
+
+class FrameBatches:
+    """The VAE's data order: step k's batch is `batch_indices(k, ...)`, sliced per rank. Its position is
+    the step itself, so it has no state of its own (checkpoints hold only the step)."""
+
+    def __init__(self, frames: FrameDataset, batch_size: int, *, seed: int, rank: int, world_size: int):
+        self.frames, self.batch_size, self.seed = frames, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def next_batch(self, step: int) -> dict[str, Any]:
+        """{"x": (B, 3, H, W) in [-1, 1], "step": step} (the PatchGAN joins at a step)."""
+        self.epoch = step * self.batch_size // len(self.frames)
+        idx = batch_indices(step, len(self.frames), self.batch_size, self.seed)[self.rank::self.world_size]
+        return {"x": self.frames.batch(idx), "step": step}
+
+    def state_dict(self) -> dict[str, int]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        pass
+
+
+class VaeTask(TrainTask):
+    """AutoencoderKL (wrapped in `Reconstruct`) on TRAIN frames: reconstruction + KL, and after `disc_start`
+    a hinge PatchGAN with its own optimizer."""
+
+    name = "vae"
+    export_dir = FINAL_DIR
+    items_name = "frames"
+    uses_global_rng = True  # `posterior.sample()` draws from it, as the VAE always did
+    config: LoopSettings
+
+    def __init__(self, cfg: VaeTrainConfig, data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike):
+        super().__init__(loop_settings(cfg))
+        self.vae_cfg, self.data_dirs, self.out_dir = cfg, list(data_dirs), Path(out_dir)
+        self.preview_every = cfg.val_every
+        self.disc: torch.nn.Module | None = None
+        self.val_metrics: dict[str, float] = {}  # of the latest validation
+        self._step_out: dict[str, Any] = {}  # what the discriminator's step needs from the loss
+
+    def _frames(self, split: str) -> FrameDataset:
+        cfg = self.vae_cfg
+        return FrameDataset(load_split_frames(self.data_dirs, split, every=cfg.frame_every,
+                                              resolution=cfg.resolution, cache_dir=self.out_dir / "cache"))
+
+    @functools.cached_property
+    def train_frames(self) -> FrameDataset:
+        return self._frames("TRAIN")
+
+    @functools.cached_property
+    def val_frames(self) -> FrameDataset:
+        return self._frames("VAL")
+
+    def build_model(self) -> Reconstruct:
+        return Reconstruct(build_vae(self.vae_cfg.model, sample_size=self.vae_cfg.resolution))
+
+    def train_dataset(self) -> FrameDataset:
+        return self.train_frames
+
+    def data_order(self, dataset: FrameDataset, *, rank: int, world_size: int) -> FrameBatches:
+        return FrameBatches(dataset, self.vae_cfg.batch_size, seed=self.vae_cfg.seed, rank=rank,
+                            world_size=world_size)
+
+    def prepare_extras(self, model: Reconstruct, accelerator: Any) -> None:
+        """The PatchGAN (when configured), initialised from the RNG right after the VAE."""
+        cfg = self.vae_cfg
+        if cfg.disc_start is None:
+            return
+        disc = PatchDiscriminator(in_channels=model.vae.config.out_channels)
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas)
+        self.accelerator = accelerator
+        self.disc, self.opt_d = accelerator.prepare(disc, opt_d)
+
+    def loss(self, model: torch.nn.Module, batch: Mapping[str, Any], generator: torch.Generator | None
+             ) -> torch.Tensor:
+        """rec + kl_weight · KL (+ disc_weight · hinge G once the GAN is on). batch["x"]: (B, 3, H, W)."""
+        cfg, x = self.vae_cfg, batch["x"]
+        x_hat, mean, logvar = model(x)
+        rec = reconstruction_loss(x, x_hat, cfg.recon_loss)
+        kl = kl_loss(mean, logvar)
+        loss = rec + cfg.kl_weight * kl
+        gan_on = self.disc is not None and batch["step"] >= cfg.disc_start
+        metrics = {"train/rec": rec.item(), "train/kl": kl.item()}
+        if gan_on:
+            g = hinge_g_loss(self.disc(x_hat))
+            loss = loss + cfg.disc_weight * g
+            metrics["train/g"] = g.item()
+        self._step_out = {"metrics": metrics, "real_fake": torch.cat([x, x_hat.detach()]) if gan_on else None}
+        return loss
+
+    def extra_step(self, step: int) -> dict[str, float]:
+        """The discriminator's hinge step on this step's frames and reconstructions (once the GAN is on)."""
+        metrics, real_fake = self._step_out["metrics"], self._step_out["real_fake"]
+        if real_fake is None:
+            return metrics
+        real, fake = self.disc(real_fake).chunk(2)  # one forward: DDP-friendly
         d = hinge_d_loss(real, fake)
-        parts.opt_d.zero_grad(set_to_none=True)
-        accelerator.backward(d)
-        parts.opt_d.step()
-        out.update({"train/g": g.item(), "train/d": d.item()})
-    return out
+        self.opt_d.zero_grad(set_to_none=True)
+        self.accelerator.backward(d)
+        self.opt_d.step()
+        return {**metrics, "train/d": d.item()}
 
+    def checkpoint_dir(self, out_dir: Path) -> Path:
+        return out_dir / "checkpoints" / run_key(self.vae_cfg, self.data_dirs)
 
-def _save_checkpoint(accelerator, root: Path, step: int, keep: int) -> None:
-    with checkpoint_writer(root, step, is_main=accelerator.is_main_process) as tmp:
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            write_json_atomic(tmp / STATE_FILE, {"step": step})
-        accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        prune_checkpoints(root, keep)
+    def trajectory_hash(self) -> None:
+        return None  # `checkpoint_dir` is keyed by `run_key`
 
+    def log_start(self, tracker: Tracker, step: int, world_size: int) -> None:
+        """Params once at step 0; a resumed run only tags (params may not change within a run)."""
+        log.info("VAE training %s at step %d", "resumes" if step else "starts", step)
+        if step == 0:
+            tracker.log_params({"vae": self.vae_cfg.model_dump(mode="json"), "train_frames": len(self.train_frames),
+                                "val_frames": len(self.val_frames)})
+        else:
+            tracker.set_tags({"resumed_from_step": str(step), "resumed_max_steps": str(self.vae_cfg.max_steps)})
 
-def _load_checkpoint(accelerator, folder: Path) -> int:
-    accelerator.load_state(str(folder))
-    return int(json.loads((folder / STATE_FILE).read_text())["step"])
+    def preview(self, model: Reconstruct, step: int, out_dir: Path, tracker: Tracker) -> None:
+        """VAL PSNR/SSIM/L1 (logged, kept for metrics.json) and a reconstruction grid."""
+        metrics, pairs = evaluate_reconstruction(model.vae, self.val_frames, max_frames=self.vae_cfg.val_max_frames,
+                                                 device=next(model.parameters()).device)
+        tracker.log_metrics(metrics, step=step)
+        grid = save_recon_grid(pairs, out_dir / "reconstructions" / f"step-{step:07d}.png", self.vae_cfg.grid_frames)
+        tracker.log_artifact(grid, "reconstructions")
+        log.info("step %d: val_psnr %.2f dB, val_ssim %.4f", step, metrics["val_psnr"], metrics["val_ssim"])
+        self.val_metrics = metrics
 
+    def finish(self, model: Reconstruct, out_dir: Path, step: int, tracker: Tracker) -> None:
+        """Validate unless the last step just did, calibrate `scaling_factor` into the VAE's config, write
+        metrics.json."""
+        cfg = self.vae_cfg
+        model.eval()
+        if not self.val_metrics or cfg.max_steps % cfg.val_every:
+            self.preview(model, step, out_dir, tracker)
+        scale = estimate_scaling_factor(model.vae, self.train_frames, max_frames=cfg.scaling_sample_frames,
+                                        device=next(model.parameters()).device)
+        model.vae.register_to_config(scaling_factor=scale)
+        write_json_atomic(out_dir / "metrics.json", {**self.val_metrics, "scaling_factor": scale,
+                                                     "steps": cfg.max_steps})
+        tracker.log_metrics({"scaling_factor": scale}, step=cfg.max_steps)
 
-def _validate(parts: _Parts, val: FrameDataset, step: int, cfg: VaeTrainConfig, out_dir: Path,
-              tracker: Tracker, device) -> dict[str, float]:
-    parts.vae.eval()
-    metrics, pairs = evaluate_reconstruction(_unwrap(parts.vae), val, max_frames=cfg.val_max_frames, device=device)
-    parts.vae.train()
-    tracker.log_metrics(metrics, step=step)
-    grid = save_recon_grid(pairs, out_dir / "reconstructions" / f"step-{step:07d}.png", cfg.grid_frames)
-    tracker.log_artifact(grid, "reconstructions")
-    log.info("step %d: val_psnr %.2f dB, val_ssim %.4f", step, metrics["val_psnr"], metrics["val_ssim"])
-    return metrics
-
-
-def _unwrap(model):
-    """The bare AutoencoderKL inside the (possibly DDP-wrapped) `Reconstruct`."""
-    return getattr(model, "module", model).vae
-
-
-def _finalize(parts: _Parts, train: FrameDataset, metrics: dict[str, float], cfg: VaeTrainConfig,
-              out_dir: Path, tracker: Tracker, device) -> Path:
-    """Calibrate `scaling_factor`, write `out_dir/vae` (diffusers folder) and `out_dir/metrics.json`."""
-    vae = _unwrap(parts.vae).eval()
-    scale = estimate_scaling_factor(vae, train, max_frames=cfg.scaling_sample_frames, device=device)
-    vae.register_to_config(scaling_factor=scale)
-    with atomic_dir(out_dir / "vae") as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
-    summary = {**metrics, "scaling_factor": scale, "steps": cfg.max_steps}
-    write_json_atomic(out_dir / "metrics.json", summary)
-    tracker.log_metrics({"scaling_factor": scale}, step=cfg.max_steps)
-    return out_dir / "vae"
+    def export(self, model: Reconstruct, folder: Path, dtype: torch.dtype, step: int) -> Path:
+        """The diffusers folder. The VAE trains in float32 and has no EMA (so no fp16 checkpoint exports):
+        its weights are saved as they are."""
+        model.vae.save_pretrained(folder, safe_serialization=True)
+        return folder
 
 
 def train_vae(cfg: VaeTrainConfig, data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
               tracker: Tracker | None = None, resume: str | None = None) -> Path:
     """Train (or resume) a VAE on the TRAIN frames of `data_dirs`; return the saved diffusers folder."""
-    from accelerate import Accelerator
-
-    tracker = tracker or NullTracker()
-    out_dir = Path(out_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
-    train = FrameDataset(load_split_frames(data_dirs, "TRAIN", every=cfg.frame_every, resolution=cfg.resolution,
-                                           cache_dir=out_dir / "cache"))
-    val = FrameDataset(load_split_frames(data_dirs, "VAL", every=cfg.frame_every, resolution=cfg.resolution,
-                                         cache_dir=out_dir / "cache"))
-    parts = _build_parts(cfg, accelerator)
-    ckpt_root = out_dir / "checkpoints" / run_key(cfg, data_dirs)
-    ckpt = resolve_resume(ckpt_root, resume)
-    step = _load_checkpoint(accelerator, ckpt) if ckpt else 0
-    log.info("VAE training %s at step %d (checkpoints: %s)", "resumes" if ckpt else "starts", step, ckpt_root)
-    if accelerator.is_main_process and step == 0:
-        tracker.log_params({"vae": cfg.model_dump(mode="json"), "train_frames": len(train),
-                            "val_frames": len(val)})
-    elif accelerator.is_main_process:  # params may not change within a run (e.g. a longer max_steps)
-        tracker.set_tags({"resumed_from_step": str(step), "resumed_max_steps": str(cfg.max_steps)})
-    rank, world = accelerator.process_index, accelerator.num_processes
-    metrics: dict[str, float] = {}
-    parts.vae.train()
-    while step < cfg.max_steps:
-        idx = batch_indices(step, len(train), cfg.batch_size, cfg.seed)[rank::world]
-        losses = _train_step(parts, train.batch(idx).to(accelerator.device), step, cfg, accelerator)
-        step += 1
-        if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            tracker.log_metrics(losses, step=step)
-        if accelerator.is_main_process and step % cfg.val_every == 0:
-            metrics = _validate(parts, val, step, cfg, out_dir, tracker, accelerator.device)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            _save_checkpoint(accelerator, ckpt_root, step, cfg.checkpoints_total_limit)
-    if not accelerator.is_main_process:
-        return out_dir / "vae"
-    if not metrics or cfg.max_steps % cfg.val_every:
-        metrics = _validate(parts, val, step, cfg, out_dir, tracker, accelerator.device)
-    return _finalize(parts, train, metrics, cfg, out_dir, tracker, accelerator.device)
+    return train(VaeTask(cfg, data_dirs, out_dir), out_dir, tracker=tracker, resume=resume).folder
