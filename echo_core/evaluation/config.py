@@ -11,6 +11,7 @@ from echo_core.config import StrictModel, load_params, validate_config
 from echo_core.downstream.classification import ClassificationConfig
 from echo_core.downstream.regression import RegressionConfig
 from echo_core.errors import DataError
+from echo_core.evaluation.assess import AssessConfig
 from echo_core.generation.conditions import ConditionsConfig
 from echo_core.metrics.api import METRICS, RESULT_NAMES, MetricsConfig
 
@@ -37,6 +38,7 @@ class EvaluateConfig(StrictModel):
     ratio_metrics: list[str] | None = None
     ratio_seed: int = 0  # the seeded split of the reference set into halves A and B
     torch_threads: int = Field(1, ge=1)  # 3D convs on 2 shared cores run ~40x slower with 2 threads
+    assess: AssessConfig = Field(default_factory=AssessConfig)  # metrics with CIs and the verdict of a folder
 
     @model_validator(mode="after")
     def _ratios_of_requested_frechet_metrics(self) -> EvaluateConfig:

@@ -95,9 +95,12 @@ def run(model: ModelOpt = "echo-lvdm", version: VersionOpt = "candidate", datase
 
 
 def register(app: typer.Typer) -> None:
-    """Add `metrics`, `sample` and `run` to the `evaluate` group."""
+    """Add `metrics`, `sample`, `run`, `samples`, `controls` and `judge` to the `evaluate` group."""
+    from pipelines.commands import assess
+
     app.command("sample")(sample)
     app.command("run")(run)
+    assess.register(app)
 
     @app.command("metrics")
     def metrics(real: RealOpt, fake: FakeOpt, metric_names: MetricsOpt = None, weights_dir: WeightsOpt = None,

@@ -1,0 +1,116 @@
+"""`echoforge evaluate samples | controls | judge`: judge any folder of videos, evaluate the evaluator, fit the
+EF judge.
+
+- samples: every configured metric of a samples folder (the layout `echoforge sample` writes) with its CI,
+  against the dataset's reference set and judges; exit 0 pass, 1 fail, 3 inconclusive.
+- controls: the positive and negative controls of a dataset's held-out real videos, each judged like
+  samples; writes metrics/controls/<ds>.json and a plot; exit 1 when a control comes out otherwise.
+- judge: fits the dataset's EF judge on real TRAIN videos and scores it on held-out real videos.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+SamplesOpt = Annotated[Path, typer.Option("--samples", help="Folder with FileList.csv and jpg/<FileName>/")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="Dataset name (reference set and judges)")]
+OutRootOpt = Annotated[Path, typer.Option("--out-root", help="Holds prepared/, reference/, judges/, controls/")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Write the result JSON here")]
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml with an evaluate.assess section")]
+MetricsDirOpt = Annotated[Path, typer.Option("--metrics-dir", help="Where controls/<ds>.json and judges/ go")]
+
+
+def _settings(params: Path):
+    """(`evaluate.assess`, evaluation sample frames, reference fps) from params.yaml."""
+    from echo_core.config import load_params
+    from echo_core.evaluation.config import load_configs
+
+    cfg, _, sample_section = load_configs(params)
+    frames = int({**sample_section, **cfg.sample}.get("num_frames", 16))
+    fps = float((load_params(params).get("reference") or {}).get("fps", 32.0))
+    return cfg.assess, frames, fps
+
+
+def _judge(out_root: Path, dataset: str):
+    from echo_core.evaluation.judge_file import JUDGE_FILE, load_ef_judge
+
+    path = out_root / "judges" / dataset / JUDGE_FILE
+    return load_ef_judge(path) if path.is_file() else None
+
+
+def _print(result: dict) -> None:
+    for name, est in result["metrics"].items():
+        typer.echo(f"  {name:>24} = {est['value']:.4g}  [{est['ci_low']:.4g}, {est['ci_high']:.4g}]  N={est['n']}"
+                   if est["value"] is not None else f"  {name:>24} = n/a")
+    for judge in result.get("judges", {}).values():
+        typer.echo(f"  judge {judge['name']}: held-out real R² {judge.get('r2', float('nan')):.3f} "
+                   f"[{judge.get('r2_ci_low', float('nan')):.3f}, {judge.get('r2_ci_high', float('nan')):.3f}], "
+                   f"MAE {judge.get('mae', float('nan')):.2f}, N={judge.get('n')}, "
+                   f"{'competent' if judge.get('competent') else 'BELOW its bar'}")
+    for reason in result["failures"] + result["inconclusive"]:
+        typer.echo(f"  - {reason}")
+
+
+def samples(samples: SamplesOpt, dataset: DatasetOpt, params: ParamsOpt = Path("params.yaml"),
+            out: OutOpt = None, out_root: OutRootOpt = Path("outputs"),
+            exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the verdict (it is in "
+                                           "--out): for a DAG stage that records the verdict")) -> None:
+    """Judge a folder of generated videos: metrics with CIs and a verdict (exit 0 pass, 1 fail, 3 inconclusive)."""
+    from echo_core.evaluation.assess import assess_folder, dataset_bounds
+    from echo_core.utils.atomic import write_json_atomic
+
+    cfg, _, _ = _settings(params)
+    result = assess_folder(samples, out_root / "reference" / dataset, dataset, dataset_bounds(cfg.bounds, dataset), cfg,
+                           _judge(out_root, dataset))
+    payload = result.to_dict()
+    if out is not None:
+        write_json_atomic(out, payload)
+    typer.echo(f"{samples}: {payload['verdict'].upper()} ({payload['n_videos']} videos, dataset {dataset})")
+    _print(payload)
+    raise typer.Exit(0 if exit_zero else result.exit_code)
+
+
+def controls(dataset: DatasetOpt, params: ParamsOpt = Path("params.yaml"), out_root: OutRootOpt = Path("outputs"),
+             metrics_dir: MetricsDirOpt = Path("metrics")) -> None:
+    """Judge the positive and negative controls of a dataset's held-out real videos (exit 1 if one misbehaves)."""
+    from echo_core.evaluation.assess import dataset_bounds
+    from echo_core.evaluation.control_run import plot_controls, run_controls
+    from echo_core.utils.atomic import write_json_atomic
+
+    cfg, frames, fps = _settings(params)
+    table = run_controls(out_root / "prepared" / dataset, out_root / "reference" / dataset,
+                         out_root / "controls" / dataset, dataset, dataset_bounds(cfg.bounds, dataset), cfg,
+                         frames=frames, fps=fps, judge=_judge(out_root, dataset),
+                         progress=lambda name: typer.echo(f"control {name} ..."))
+    write_json_atomic(metrics_dir / "controls" / f"{dataset}.json", table)
+    plot_controls(table, metrics_dir / "controls" / f"{dataset}.png")
+    for row in table["controls"]:
+        mark = "ok " if row["as_expected"] else "BAD"
+        typer.echo(f"{mark} {row['control']:>14}: {row['verdict']:<12} (expected {row['expected']}; failing: "
+                   f"{', '.join(row['failing_metrics']) or '-'})")
+    typer.echo(json.dumps({"evaluator_ok": table["evaluator_ok"], "not_as_expected": table["not_as_expected"]}))
+    raise typer.Exit(0 if table["evaluator_ok"] else 1)
+
+
+def judge(dataset: DatasetOpt, out_root: OutRootOpt = Path("outputs"), metrics_dir: MetricsDirOpt = Path("metrics"),
+          params: ParamsOpt = Path("params.yaml")) -> None:
+    """Fit the dataset's EF judge on real TRAIN videos; score it on held-out real videos (VAL + TEST)."""
+    from echo_core.evaluation.judge_file import JUDGE_FILE, fit_ef_judge
+    from echo_core.utils.atomic import write_json_atomic
+
+    cfg, _, _ = _settings(params)
+    record = fit_ef_judge(out_root / "prepared" / dataset, bar=cfg.ef_judge_min_r2, seed=cfg.seed,
+                          resamples=cfg.resamples)
+    write_json_atomic(out_root / "judges" / dataset / JUDGE_FILE, record)
+    write_json_atomic(metrics_dir / "judges" / f"{dataset}.json", record["competence"])
+    typer.echo(json.dumps(record["competence"], indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("samples")(samples)
+    app.command("controls")(controls)
+    app.command("judge")(judge)
