@@ -40,10 +40,10 @@ repro: venv
 	dvc repro
 
 test: venv
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 test-fast: venv
-	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check .

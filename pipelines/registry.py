@@ -26,6 +26,8 @@ from pipelines.tracking import tracking_uri
 
 FOLDER_MODEL_CODE = Path(__file__).parent / "serving" / "folder_model.py"
 METRIC_TAG = "metric."  # a version's evaluation values, one tag per metric: what the gate reads
+VERDICT_TAG = "verdict."  # verdict.<dataset> = pass | fail | inconclusive (evaluate.assess, with CIs)
+REASONS_TAG = "verdict_reasons."  # verdict_reasons.<dataset> = why (each failing metric, its CI and bound)
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of former champions, newest last
 LINEAGE_TAGS = ("git_commit", "data_dvc_hash", "source_version", "config_hash")
@@ -178,6 +180,23 @@ def set_metric_tags(name: str, version: str, metrics: dict[str, float], run_id: 
     client.set_model_version_tag(name, version, "evaluation_run_id", run_id)
 
 
+def set_verdict_tags(name: str, version: str, verdicts: dict[str, tuple[str, str]]) -> None:
+    """Replace the version's verdict tags with these ({dataset: (verdict, reasons)})."""
+    client = _client()
+    for key in client.get_model_version(name, version).tags or {}:
+        if key.startswith((VERDICT_TAG, REASONS_TAG)):
+            client.delete_model_version_tag(name, version, key)
+    for ds, (verdict, reasons) in verdicts.items():
+        client.set_model_version_tag(name, version, f"{VERDICT_TAG}{ds}", verdict)
+        client.set_model_version_tag(name, version, f"{REASONS_TAG}{ds}", reasons[:4900])  # tag values cap at 5000
+
+
+def version_verdicts(mv) -> dict[str, tuple[str, str]]:
+    tags = mv.tags or {}
+    return {k.removeprefix(VERDICT_TAG): (v, tags.get(f"{REASONS_TAG}{k.removeprefix(VERDICT_TAG)}", ""))
+            for k, v in tags.items() if k.startswith(VERDICT_TAG)}
+
+
 def version_metrics(mv) -> dict[str, float]:
     """`metric.<name>` version tags, completed by the latest metrics of the version's run."""
     metrics = {}
@@ -209,7 +228,7 @@ def promote(model: str, version: str, gate: PromotionConfig) -> tuple[str, str |
     """Point `champion` at `version` (number or alias) if its metrics pass `gate`; the previous champion is
     pushed onto the history. → (promoted version number, previous champion); PromotionError if it fails."""
     mv = get_model_version(model, version)
-    failures = gate_failures(version_metrics(mv), gate)
+    failures = gate_failures(version_metrics(mv), gate, version_verdicts(mv))
     if failures:
         raise PromotionError(f"{model} version {mv.version} fails the promotion gate: " + "; ".join(failures),
                              fix="evaluate this version (`echoforge evaluate ...`) or promote a better one")

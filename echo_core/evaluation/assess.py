@@ -12,6 +12,7 @@ from held-out real videos has the same layout, so the evaluator is judged by the
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from echo_core.config import StrictModel
 from echo_core.errors import DataError
 from echo_core.evaluation.verdict import Bound, MetricVerdict, VerdictConfig, exit_code, judge_all, overall
 from echo_core.metrics.bootstrap import Estimate, equal_n_split, frechet_ratio, mae, paired_statistic, pearson, r2
+
+log = logging.getLogger("echoforge.evaluation")
 
 # metric name → (extractor role, clip length: 0 = every frame is a row, else one clip of that many frames)
 FRECHET_FEATURES: dict[str, tuple[str, int]] = {"fd_fallback": ("frame_features", 0),
@@ -132,9 +135,13 @@ def frechet_estimates(fake: list[np.ndarray], reference: list[np.ndarray], cfg: 
         role, clip = FRECHET_FEATURES[name]
         ext = build_extractor(role, exact=False)
         feats_ref = video_features(reference, ext, clip)
-        out[f"{name}_ratio"] = frechet_ratio(video_features(fake, ext, clip), [feats_ref[i] for i in idx_a],
-                                             [feats_ref[i] for i in idx_b], resamples=cfg.resamples,
-                                             seed=cfg.seed, level=cfg.level)
+        try:
+            out[f"{name}_ratio"] = frechet_ratio(video_features(fake, ext, clip), [feats_ref[i] for i in idx_a],
+                                                 [feats_ref[i] for i in idx_b], resamples=cfg.resamples,
+                                                 seed=cfg.seed, level=cfg.level)
+        except DataError as exc:  # degenerate sets (no finite draws): unmeasured, which fails a bounded metric
+            log.warning("%s_ratio not measured: %s", name, exc)
+            out[f"{name}_ratio"] = Estimate(math.nan, math.nan, math.nan, len(fake), cfg.level, cfg.resamples)
     return out
 
 
@@ -194,6 +201,11 @@ def assess_folder(samples: Path, reference: Path, dataset: str, bounds: Mapping[
 
     df = read_samples_filelist(samples)
     names = df["FileName"].astype(str).tolist()
+    if len(names) < cfg.min_videos:  # no interval says anything at this N: not measured, never a pass
+        note = (f"only {len(names)} videos (< min_videos {cfg.min_videos}): nothing measured, the verdict is "
+                "inconclusive; generate more samples (evaluate.sample.num_samples)")
+        return Assessment(dataset, str(samples), len(names), {}, [MetricVerdict("n_videos", "inconclusive", note)],
+                          {}, [note])
     videos = [read_video_frames(samples / "jpg" / n) for n in names]
     real = [read_video_frames(reference / v.name, cfg.frames) for v in list_videos(reference)]
     metrics = frechet_estimates([v[: cfg.frames] for v in videos], real, cfg)
@@ -202,10 +214,24 @@ def assess_folder(samples: Path, reference: Path, dataset: str, bounds: Mapping[
     judge_name = f"ef ({ef_record['why_not']})" if "why_not" in ef_record else "ef"
     judged = {m: (judge_name, bool(ef_record.get("competent"))) for m in bounds if m.startswith("ef_adherence")}
     gate = VerdictConfig(bounds=dict(bounds), decisive=cfg.decisive, level=cfg.level)
-    notes = [] if len(names) >= cfg.min_videos else [
-        f"only {len(names)} videos (< min_videos {cfg.min_videos}): the verdict is inconclusive"]
-    verdicts = judge_all(metrics, gate, judged)
-    if notes:
-        verdicts.append(MetricVerdict("n_videos", "inconclusive", notes[0]))
-    return Assessment(dataset, str(samples), len(names), metrics, verdicts, {"ef": ef_record} if ef_record else {},
-                      notes)
+    return Assessment(dataset, str(samples), len(names), metrics, judge_all(metrics, gate, judged),
+                      {"ef": ef_record} if ef_record else {})
+
+
+def assess_samples(samples: Path, out_root: Path, dataset: str, cfg: AssessConfig) -> Assessment:
+    """`assess_folder` with the dataset's reference set, bounds and judge under `out_root`: what both
+    `echoforge evaluate samples` and the evaluate flow of a registered version run."""
+    from echo_core.evaluation.judge_file import dataset_judge
+
+    return assess_folder(Path(samples), Path(out_root) / "reference" / dataset, dataset,
+                         dataset_bounds(cfg.bounds, dataset), cfg, dataset_judge(Path(out_root), dataset))
+
+
+def flat_estimates(payload: dict[str, Any]) -> dict[str, float]:
+    """gate/<metric>{,_ci_low,_ci_high,_n} of an assessment's JSON: its numbers for metrics.json and MLflow."""
+    out = {}
+    for name, est in payload["metrics"].items():
+        for key, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"), ("n", "_n")):
+            if est.get(key) is not None:
+                out[f"gate/{name}{suffix}"] = float(est[key])
+    return out

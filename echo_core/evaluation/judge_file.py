@@ -94,3 +94,9 @@ def load_ef_judge(path: Path) -> LoadedEfJudge:
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"cannot read the EF judge {path}: {exc}",
                         fix="re-fit it: `echoforge evaluate judge --dataset <name>` (DVC stage ef_judge)") from None
+
+
+def dataset_judge(out_root: Path, dataset: str) -> LoadedEfJudge | None:
+    """The EF judge of `dataset` under `out_root/judges/` (the DVC stage ef_judge), None where there is none."""
+    path = Path(out_root) / "judges" / dataset / JUDGE_FILE
+    return load_ef_judge(path) if path.is_file() else None

@@ -35,13 +35,6 @@ def _settings(params: Path):
     return cfg.assess, frames, fps
 
 
-def _judge(out_root: Path, dataset: str):
-    from echo_core.evaluation.judge_file import JUDGE_FILE, load_ef_judge
-
-    path = out_root / "judges" / dataset / JUDGE_FILE
-    return load_ef_judge(path) if path.is_file() else None
-
-
 def _print(result: dict) -> None:
     for name, est in result["metrics"].items():
         typer.echo(f"  {name:>24} = {est['value']:.4g}  [{est['ci_low']:.4g}, {est['ci_high']:.4g}]  N={est['n']}"
@@ -60,12 +53,11 @@ def samples(samples: SamplesOpt, dataset: DatasetOpt, params: ParamsOpt = Path("
             exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 whatever the verdict (it is in "
                                            "--out): for a DAG stage that records the verdict")) -> None:
     """Judge a folder of generated videos: metrics with CIs and a verdict (exit 0 pass, 1 fail, 3 inconclusive)."""
-    from echo_core.evaluation.assess import assess_folder, dataset_bounds
+    from echo_core.evaluation.assess import assess_samples
     from echo_core.utils.atomic import write_json_atomic
 
     cfg, _, _ = _settings(params)
-    result = assess_folder(samples, out_root / "reference" / dataset, dataset, dataset_bounds(cfg.bounds, dataset), cfg,
-                           _judge(out_root, dataset))
+    result = assess_samples(samples, out_root, dataset, cfg)
     payload = result.to_dict()
     if out is not None:
         write_json_atomic(out, payload)
@@ -79,12 +71,13 @@ def controls(dataset: DatasetOpt, params: ParamsOpt = Path("params.yaml"), out_r
     """Judge the positive and negative controls of a dataset's held-out real videos (exit 1 if one misbehaves)."""
     from echo_core.evaluation.assess import dataset_bounds
     from echo_core.evaluation.control_run import plot_controls, run_controls
+    from echo_core.evaluation.judge_file import dataset_judge
     from echo_core.utils.atomic import write_json_atomic
 
     cfg, frames, fps = _settings(params)
     table = run_controls(out_root / "prepared" / dataset, out_root / "reference" / dataset,
                          out_root / "controls" / dataset, dataset, dataset_bounds(cfg.bounds, dataset), cfg,
-                         frames=frames, fps=fps, judge=_judge(out_root, dataset),
+                         frames=frames, fps=fps, judge=dataset_judge(out_root, dataset),
                          progress=lambda name: typer.echo(f"control {name} ..."))
     write_json_atomic(metrics_dir / "controls" / f"{dataset}.json", table)
     plot_controls(table, metrics_dir / "controls" / f"{dataset}.png")

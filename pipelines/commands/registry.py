@@ -19,13 +19,24 @@ import typer
 def promote(model: str = typer.Option("echo-lvdm", "--model", help="Registered model name."),
             version: str = typer.Option(..., "--version", help="Version to promote."),
             params: Path = typer.Option(Path("params.yaml"), "--params",
-                                        help="params.yaml with a `promotion:` section.")) -> None:
-    """Point `champion` at VERSION if its metrics pass the gate in params.yaml `promotion:`."""
+                                        help="params.yaml with a `promotion:` section."),
+            refusal_ok: bool = typer.Option(False, "--refusal-ok", help="Exit 0 when the gate refuses (the "
+                                            "refusal is printed, champion stays): for `dvc repro`, where a "
+                                            "candidate that did not earn promotion is a result, not a crash.")
+            ) -> None:
+    """Point `champion` at VERSION if its verdicts and metrics pass the gate in params.yaml `promotion:`."""
     from echo_core.config import load_section
     from echo_core.evaluation.gate import PromotionConfig
     from pipelines import registry
 
-    promoted, previous = registry.promote(model, version, load_section(PromotionConfig, "promotion", params))
+    try:
+        promoted, previous = registry.promote(model, version, load_section(PromotionConfig, "promotion", params))
+    except registry.PromotionError as exc:
+        if not refusal_ok:
+            raise
+        typer.echo(f"\n*** NOT PROMOTED: {exc}\n*** {model}@{registry.CHAMPION} stays at "
+                   f"{registry.current_champion(model) or '(none)'}. See README 'When the gate refuses'.\n")
+        return
     if previous == promoted:
         typer.echo(f"{model} version {promoted} is already {registry.CHAMPION}")
         return

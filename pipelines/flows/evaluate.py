@@ -13,6 +13,10 @@ For each dataset (params.yaml `evaluate.datasets`):
    so one gate threshold works for any extractor and sample size).
 3. downstream: EF regression (`downstream.regression`) for EF conditions, classification
    (`downstream.classification`) for class conditions, with torch on `evaluate.torch_threads` threads.
+4. verdict: the samples judged as any folder is (`echoforge evaluate samples`, `evaluate.assess`): every
+   metric with a video-level bootstrap CI, ratios at equal N, EF adherence by the dataset's EF judge, and
+   pass / fail / inconclusive. <metrics_dir>/<ds>/assessment.json, `gate/*` metrics, and the version's
+   `verdict.<ds>` / `verdict_reasons.<ds>` tags, which the gate reads when `promotion.require_verdict`.
 
 Outputs: <metrics_dir>/evaluate.json (flat {"<ds>/<metric>": value}, `dvc metrics show`),
 <metrics_dir>/<ds>/metrics.json (values + protocol + downstream reports), <metrics_dir>/plots/<ds>/*.csv
@@ -37,6 +41,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from echo_core.evaluation.assess import flat_estimates
 from echo_core.evaluation.config import EvaluateConfig, dataset_names, load_configs, sample_config
 from echo_core.evaluation.plan import DatasetPlan, plan_dataset, samples_state, train_conditioning
 from echo_core.evaluation.ratios import measure_samples
@@ -114,6 +119,14 @@ def dataset_metrics(plan: DatasetPlan, cfg: EvaluateConfig, shards: int = 1) -> 
     return measure_samples(plan, cfg, features_on_task_runner if shards > 1 else None, shards)
 
 
+def assess_dataset(plan: DatasetPlan, cfg: EvaluateConfig, out_root: str) -> dict[str, Any]:
+    """The samples judged exactly as `echoforge evaluate samples` judges any folder: metrics with CIs and a
+    verdict (its --out JSON)."""
+    from echo_core.evaluation.assess import assess_samples
+
+    return assess_samples(plan.samples, Path(out_root), plan.name, cfg.assess).to_dict()
+
+
 # ----------------------------------------------------------------------------------------------- outputs
 
 
@@ -157,7 +170,7 @@ def run_evaluation(model: str = "echo-lvdm", version: str = "candidate", dataset
                    shards: int = 1) -> dict[str, Any]:
     """The whole evaluation (module docstring). `step` wraps each unit of work (the flow makes them tasks);
     `shards` > 1 (inside a flow only) fans metric feature extraction out over the flow's task runner."""
-    from pipelines.registry import set_metric_tags
+    from pipelines.registry import set_metric_tags, set_verdict_tags
     from pipelines.tracking import PrefixedTracker, git_commit, start_run
 
     cfg, down_cfg, sample_section = load_configs(params_path)
@@ -166,7 +179,7 @@ def run_evaluation(model: str = "echo-lvdm", version: str = "candidate", dataset
     plans = [plan_dataset(name, root, target.types) for name in dataset_names(params_path, cfg, datasets)]
     tags = {"model_name": target.name, "model_version": target.version, "model_uri": target.uri,
             "model_run_id": target.run_id or "", "git_commit": git_commit()}
-    per_dataset, summaries = {}, {}
+    per_dataset, summaries, verdicts = {}, {}, {}
     with start_run(EXPERIMENT, run_name=f"evaluate-{target.name}-v{target.version}", tags=tags) as tracker:
         tracker.log_params({"evaluate": cfg.model_dump(mode="json"), "downstream": down_cfg.model_dump(mode="json"),
                             "datasets": [p.name for p in plans]})
@@ -176,7 +189,11 @@ def run_evaluation(model: str = "echo-lvdm", version: str = "candidate", dataset
             sampled = step(sample_dataset)(plan, target, sample_cfg)
             measured = step(dataset_metrics)(plan, cfg, shards)
             downstream = step(run_downstream)(plan, down_cfg, cfg.torch_threads, PrefixedTracker(tracker, plan.name))
-            per_dataset[plan.name] = {**measured["values"], **downstream["values"]}
+            assessed = step(assess_dataset)(plan, cfg, out_root)
+            write_json_atomic(mdir / plan.name / "assessment.json", assessed)
+            tracker.log_artifact(mdir / plan.name / "assessment.json", f"metrics/{plan.name}")
+            verdicts[plan.name] = (assessed["verdict"], "; ".join(assessed["failures"] + assessed["inconclusive"]))
+            per_dataset[plan.name] = {**measured["values"], **downstream["values"], **flat_estimates(assessed)}
             for path in write_dataset_outputs(mdir, plan, target, measured, downstream, sampled):
                 tracker.log_artifact(path, f"metrics/{plan.name}")
             for name in ("FileList.csv", "generation_params.json"):
@@ -186,8 +203,10 @@ def run_evaluation(model: str = "echo-lvdm", version: str = "candidate", dataset
         write_json_atomic(mdir / "evaluate.json", dict(sorted(metrics.items())))
         tracker.log_metrics(metrics)
         tracker.log_artifact(mdir / "evaluate.json", "metrics")
+        tracker.set_tags({f"verdict.{ds}": v for ds, (v, _) in verdicts.items()})
         run_id = tracker.run_id
     set_metric_tags(target.name, target.version, metrics, run_id)
+    set_verdict_tags(target.name, target.version, verdicts)
     _info(f"evaluated {target.uri} on {', '.join(summaries)}: run {run_id}, {len(metrics)} metrics")
     return {"model": target.name, "version": target.version, "run_id": run_id, "metrics": metrics,
             "datasets": summaries}
@@ -222,6 +241,7 @@ TASKS: dict[Callable, Callable] = {
     resolve_target: task(resolve_target, name="resolve-model-version", **_TASK_OPTIONS),
     sample_dataset: task(_on_gpu(sample_dataset), name="sample-dataset", **_TASK_OPTIONS),
     dataset_metrics: task(dataset_metrics, name="generative-metrics", **_TASK_OPTIONS),
+    assess_dataset: task(assess_dataset, name="assess-samples", **_TASK_OPTIONS),
     # no retry: training is not transient IO, and a retry would double the run's epoch metrics
     run_downstream: task(_on_gpu(run_downstream), name="downstream", cache_policy=NO_CACHE),
 }

@@ -52,9 +52,10 @@ def _register(bundle: Path, name: str) -> str:
         return log_model_folder(bundle, name="lvdm", registered_model_name=name, alias="candidate").version
 
 
-def _gate(path: Path, ratio_max: float) -> Path:
+def _gate(path: Path, ratio_max: float, require_verdict: bool = False) -> Path:
     path.write_text(yaml.safe_dump({"promotion": {
-        "metric_thresholds": {"toy/fvd16_fallback_ratio": {"max": ratio_max}},
+        "require_verdict": require_verdict,
+        "metric_thresholds": {"toy/fvd16_fallback_ratio": {"max": ratio_max}, "toy/ef_adherence_mae": {"max": 1e6}},
         "require_metrics": ["toy/fvd16_fallback_ratio", "toy/ef_adherence_mae"]}}))
     return path
 
@@ -144,6 +145,15 @@ def test_evaluate_flow_tags_version_and_gate_moves_champion(project: Path, monke
     def promote(version: str, gate: Path):
         return runner.invoke(app, ["registry", "promote", "--model", MODEL, "--version", version,
                                    "--params", str(gate)])
+
+    # the verdict the flow recorded: 4 samples are fewer than evaluate.assess.min_videos, so nothing is judged
+    # and the verdict is inconclusive, which a verdict gate never promotes
+    assert tags["verdict.toy"] == "inconclusive" and "min_videos" in tags["verdict_reasons.toy"]
+    assessment = json.loads((project / "metrics" / "toy" / "assessment.json").read_text())
+    assert assessment["verdict"] == "inconclusive" and assessment["n_videos"] == 4
+    by_verdict = promote(v1, _gate(project / "verdict.yaml", ratio * 2, require_verdict=True))
+    assert isinstance(by_verdict.exception, PromotionError) and "toy: verdict inconclusive" in str(by_verdict.exception)
+    assert _champion(MODEL) is None
 
     assert promote(v1, loose).exit_code == 0 and _champion(MODEL) == v1
     refused = promote(v2, strict)
