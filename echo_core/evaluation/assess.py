@@ -28,6 +28,7 @@ from echo_core.evaluation.verdict import Bound, MetricVerdict, VerdictConfig, ex
 from echo_core.metrics.bootstrap import Estimate, equal_n_split, frechet_ratio, mae, paired_statistic, pearson, r2
 
 log = logging.getLogger("echoforge.evaluation")
+MAX_UNMEASURED = 0.1  # more samples than this fraction without a measurable LV: EF adherence is not measured
 
 # metric name → (extractor role, clip length: 0 = every frame is a row, else one clip of that many frames)
 FRECHET_FEATURES: dict[str, tuple[str, int]] = {"fd_fallback": ("frame_features", 0),
@@ -150,8 +151,9 @@ def adherence_estimates(predicted: np.ndarray, requested: np.ndarray, cfg: Asses
     """MAE / R² / Pearson between the judge's estimates and the requested values, each with its CI."""
     ok = np.isfinite(predicted) & np.isfinite(requested)
     p, r = predicted[ok], requested[ok]
-    if len(p) < 2:
-        return {}
+    if len(p) < 2:  # unmeasured: NaN estimates, which fail a bounded metric as missing
+        nan = Estimate(math.nan, math.nan, math.nan, len(p), cfg.level, cfg.resamples)
+        return {f"{prefix}_{name}": nan for name in ("mae", "r2", "pearson")}
     kw = {"resamples": cfg.resamples, "seed": cfg.seed, "level": cfg.level}
     return {f"{prefix}_{name}": _defined_or_nan(fn, p, r, kw) for name, fn in
             (("mae", mae), ("r2", r2), ("pearson", pearson))}
@@ -166,8 +168,7 @@ def _defined_or_nan(fn, p: np.ndarray, r: np.ndarray, kw: dict[str, Any]) -> Est
         return Estimate(math.nan, math.nan, math.nan, len(p), float(kw["level"]), kw["resamples"])
 
 
-def ef_judgement(samples: Path, df, judge, frames: list[np.ndarray], cfg: AssessConfig
-                 ) -> tuple[dict[str, Estimate], dict[str, Any]]:
+def ef_judgement(df, judge, frames: list[np.ndarray], cfg: AssessConfig) -> tuple[dict[str, Estimate], dict[str, Any]]:
     """EF adherence of the samples by `judge` (None: no EF judge for this dataset)."""
     if judge is None or "EF" not in df.columns:
         return {}, ({"name": "ef", "competent": False, "why_not": "no EF judge: run `dvc repro ef_judge`"}
@@ -180,8 +181,12 @@ def ef_judgement(samples: Path, df, judge, frames: list[np.ndarray], cfg: Assess
                     "why_not": f"samples last {seconds:.2f} s, the EF judge needs >= {cfg.ef_judge_min_seconds:g} s "
                                "(one heart cycle): sample more frames (evaluate.sample.num_frames)"}
     predicted = np.array([judge.predict_one(v[:, 0], f) for v, f in zip(frames, fps, strict=True)])
-    record = {"name": "ef", **judge.competence, "predicted": [None if not math.isfinite(x) else float(x)
-                                                              for x in predicted]}
+    unmeasured = int((~np.isfinite(predicted)).sum())
+    record = {"name": "ef", **judge.competence, "unmeasured_samples": unmeasured,
+              "predicted": [None if not math.isfinite(x) else float(x) for x in predicted]}
+    if unmeasured > MAX_UNMEASURED * len(predicted):  # a heart the judge cannot find is no EF of 0 or of anything
+        log.warning("EF judge found no LV in %d of %d samples: EF adherence not measured", unmeasured, len(predicted))
+        predicted = np.full(len(predicted), math.nan)
     return adherence_estimates(predicted, requested, cfg), record
 
 
@@ -209,7 +214,7 @@ def assess_folder(samples: Path, reference: Path, dataset: str, bounds: Mapping[
     videos = [read_video_frames(samples / "jpg" / n) for n in names]
     real = [read_video_frames(reference / v.name, cfg.frames) for v in list_videos(reference)]
     metrics = frechet_estimates([v[: cfg.frames] for v in videos], real, cfg)
-    ef_metrics, ef_record = ef_judgement(samples, df, judge, videos, cfg)
+    ef_metrics, ef_record = ef_judgement(df, judge, videos, cfg)
     metrics.update(ef_metrics)
     judge_name = f"ef ({ef_record['why_not']})" if "why_not" in ef_record else "ef"
     judged = {m: (judge_name, bool(ef_record.get("competent"))) for m in bounds if m.startswith("ef_adherence")}

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from echo_core.errors import DataError
+from echo_core.metrics.bootstrap import mae, paired_statistic, r2
 
 CI_LEVEL = 0.95
 
@@ -35,15 +36,6 @@ def _as_pairs(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def _r2_mae(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """pred, true: (..., N) -> R² (...,) (NaN where the true values are constant) and MAE (...,)."""
-    ss_res = np.square(true - pred).sum(axis=-1)
-    ss_tot = np.square(true - true.mean(axis=-1, keepdims=True)).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
-    return r2, np.abs(true - pred).mean(axis=-1)
-
-
 def regression_competence(pred: Any, true: Any, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """pred, true: (N,) -> {r2, r2_ci_low, r2_ci_high, mae, mae_ci_low, mae_ci_high, n}.
 
@@ -54,18 +46,8 @@ def regression_competence(pred: Any, true: Any, *, n_boot: int = 1000, seed: int
     p, t = _as_pairs(pred, true)
     if n_boot < 1:
         raise DataError(f"n_boot: must be >= 1, got {n_boot}", fix="use the default 1000")
-    r2, mae = _r2_mae(p, t)
-    idx = np.random.default_rng(seed).integers(0, p.size, size=(n_boot, p.size))
-    boot_r2, boot_mae = _r2_mae(p[idx], t[idx])
-    q = 100 * np.array([(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
-    r2_lo, r2_hi = np.nanpercentile(boot_r2, q) if np.isfinite(boot_r2).any() else (np.nan, np.nan)
-    mae_lo, mae_hi = np.percentile(boot_mae, q)
-    return {
-        "r2": float(r2),
-        "r2_ci_low": float(r2_lo),
-        "r2_ci_high": float(r2_hi),
-        "mae": float(mae),
-        "mae_ci_low": float(mae_lo),
-        "mae_ci_high": float(mae_hi),
-        "n": int(p.size),
-    }
+    kw = {"resamples": n_boot, "seed": seed, "level": CI_LEVEL}
+    # the same resampled videos for both scores: one seed, one draw of indices
+    r2_est, mae_est = paired_statistic(r2, p, t, **kw), paired_statistic(mae, p, t, **kw)
+    return {"r2": r2_est.value, "r2_ci_low": r2_est.ci_low, "r2_ci_high": r2_est.ci_high, "mae": mae_est.value,
+            "mae_ci_low": mae_est.ci_low, "mae_ci_high": mae_est.ci_high, "n": int(p.size)}
