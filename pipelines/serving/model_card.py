@@ -10,15 +10,17 @@ INTENDED_USE = ("Research only: synthetic echocardiography videos for method dev
                 "clinical decision.")
 METRICS_PROTOCOL = ("StyleGAN-V protocol (FID on frames, FVD16/FVD128 on clips, IS, KID) when verified "
                     "weights are present; otherwise the offline *_fallback metrics, which are NOT comparable "
-                    "to published numbers. EF adherence: MAE between the requested EF and an EF regressor's "
-                    "estimate on generated videos. See `echoforge evaluate metrics` and the run's protocol JSON.")
+                    "to published numbers. EF adherence: MAE (with a bootstrap CI) between the requested EF and the "
+                    "dataset's EF judge's estimate on generated videos; the judge's held-out real R² is recorded. "
+                    "See `echoforge evaluate samples` and the run's protocol JSON.")
 KNOWN_LIMITS = [
     "Trained on 112x112 grayscale apical/parasternal echo clips; other views, sizes or colour Doppler are "
     "out of distribution.",
     "Videos longer than the training clip are made by overlapping-window joint denoising; motion can drift "
     "over long horizons.",
     "Conditioning (EF, class, text) is followed approximately; check adherence metrics before relying on it.",
-    "Generated videos can reproduce training data features; apply a privacy filter before sharing them.",
+    "No privacy filter was run on this version's outputs (no re-identification check against training "
+    "patients exists yet): generated videos can reproduce training data features and are not de-identified.",
     "The default conditioning frame is a synthetic phantom, not anatomy of a real patient.",
 ]
 
