@@ -40,7 +40,7 @@ repro: venv
 	dvc repro
 
 test: venv
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
 
 test-fast: venv
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"

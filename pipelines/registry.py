@@ -88,6 +88,28 @@ def tag_version(name: str, version: str, tags: dict[str, Any], alias: str | None
         client.set_registered_model_alias(name, alias, version)
 
 
+def register_run_artifacts(name: str, run_id: str, artifact_path: str, tags: dict[str, Any]) -> str:
+    """Register the artifact folder `artifact_path` of a finished run as a new version of `name` (created if
+    missing), with `tags`; → the version number. For records that are no pyfunc model (a judge file)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    mv = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    return str(mv.version)
+
+
+def versions_tagged(name: str, key: str, value: str) -> list[str]:
+    """Version numbers of `name` whose tag `key` equals `value`, oldest first ([] if `name` is not registered)."""
+    found = _client().search_model_versions(f"name='{name}' and tags.`{key}` = '{value}'")
+    return sorted((str(mv.version) for mv in found), key=int)
+
+
 # -- resolving ------------------------------------------------------------------------------------------
 def get_model_version(name: str, alias_or_version: str):
     """The registry ModelVersion of `name` by number or alias; a TrackingError that names the fix if none."""

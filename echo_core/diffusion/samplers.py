@@ -30,6 +30,7 @@ from echo_core.diffusion.objectives import (
     FlowObjectiveConfig,
     euler_step,
     flow_timesteps,
+    from_frame_residual,
     make_scheduler,
 )
 from echo_core.diffusion.windows import VideoDenoiser, guided_prediction, window_starts
@@ -184,12 +185,19 @@ def sample_video(denoiser: VideoDenoiser, sampler: str, *, objective: ObjectiveC
                  cond_frame: torch.Tensor, cond_tokens: torch.Tensor, null_tokens: torch.Tensor,
                  num_frames: int, window: int, stride: int, seeds: Sequence[int], steps: int,
                  guidance_scale: float = 1.0, frame_guidance_scale: float | None = None, fps: float = 32.0,
-                 blend: bool = False, callback: Callback | None = None) -> torch.Tensor:
+                 blend: bool = False, callback: Callback | None = None,
+                 frame_residual: float | None = None) -> torch.Tensor:
     """Clean latents (B, C, num_frames, h, w) for B = len(seeds) samples (still × the VAE scaling factor).
 
     denoiser(x, t, cond_frame, tokens, fps) works on one window; cond_frame: (B, C, h, w);
     cond_tokens / null_tokens: (B, L, D). Any num_frames: windows of `window` frames every `stride`.
+    `frame_residual` (the model's `conditioning.frame_residual`): the model denoises the residual to the
+    frame, which is added back at the end.
     """
+    if frame_residual is not None and frame_guidance_scale is not None:
+        raise UsageError("frame guidance needs a model trained with frame dropout; this model diffuses the "
+                         "residual to its frame, which has no frame-free branch",
+                         fix="leave frame_guidance_scale unset for this model")
     run = _checked_sampler(sampler, objective, steps, seeds, cond_frame.shape[0])
     starts = window_starts(num_frames, window, stride)
     guidance = Guidance(cond_tokens, null_tokens, guidance_scale, cond_frame, frame_guidance_scale)
@@ -200,7 +208,8 @@ def sample_video(denoiser: VideoDenoiser, sampler: str, *, objective: ObjectiveC
         return guided_prediction(denoiser, x_t, t_model, guidance, starts, window, blend, fps)
 
     with torch.no_grad():
-        return run(predict, x, objective=objective, steps=steps, seeds=seeds, callback=callback)
+        x = run(predict, x, objective=objective, steps=steps, seeds=seeds, callback=callback)
+    return x if frame_residual is None else from_frame_residual(x, cond_frame, frame_residual)
 
 
 def sample_image(denoiser: ImageDenoiser, sampler: str, *, objective: ObjectiveCfg, cond_tokens: torch.Tensor,

@@ -8,6 +8,8 @@ from held-out real videos has the same layout, so the evaluator is judged by the
   small-sample bias is larger than the effects judged at demo scale, so the baseline must carry the same bias.
 - EF adherence: the dataset's EF judge reads each sample and its estimate is compared with the requested EF
   (MAE, R², Pearson). A judge below its competence bar makes those metrics inconclusive, never pass.
+- Class adherence (`class_judge_file.class_judgement`): the share of samples the dataset's class judge reads
+  as their requested class_id; the same rule for a judge below its bar.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class AssessConfig(StrictModel):
     ef_judge_min_r2: float = 0.8  # the EF judge's competence bar: held-out real R² (lower CI end reported too)
     # the pixel judge needs an end-diastole and the next end-systole: held-out R² 0.97 at 1.0 s, 0.65 at 0.6 s
     ef_judge_min_seconds: float = Field(1.0, gt=0)
+    class_judge_min_accuracy: float = Field(0.5, ge=0, le=1)  # the class judge's bar: held-out real accuracy
 
 
 @dataclass
@@ -170,9 +173,10 @@ def _defined_or_nan(fn, p: np.ndarray, r: np.ndarray, kw: dict[str, Any]) -> Est
 
 def ef_judgement(df, judge, frames: list[np.ndarray], cfg: AssessConfig) -> tuple[dict[str, Estimate], dict[str, Any]]:
     """EF adherence of the samples by `judge` (None: no EF judge for this dataset)."""
-    if judge is None or "EF" not in df.columns:
+    requests_ef = "EF" in df.columns and df["EF"].notna().any()  # a class-conditioned FileList has EF empty
+    if judge is None or not requests_ef:
         return {}, ({"name": "ef", "competent": False, "why_not": "no EF judge: run `dvc repro ef_judge`"}
-                    if judge is None and "EF" in df.columns else {})
+                    if judge is None and requests_ef else {})
     requested = df["EF"].to_numpy(np.float64)
     fps = df["FPS"].to_numpy(np.float64) if "FPS" in df.columns else np.full(len(df), math.nan)
     seconds = min(len(v) / f for v, f in zip(frames, fps, strict=True))
@@ -199,9 +203,17 @@ def dataset_bounds(bounds: Mapping[str, Bound], dataset: str) -> dict[str, Bound
     return {k[len(prefix):]: b for k, b in bounds.items() if k.startswith(prefix)}
 
 
+def _judged(bounds: Mapping[str, Bound], prefix: str, record: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """metric -> (judge name with why it did not judge, competent?) for the bounded metrics of one judge."""
+    name = f"{record['name']} ({record['why_not']})" if "why_not" in record else record.get("name", prefix)
+    return {m: (name, bool(record.get("competent"))) for m in bounds if m.startswith(prefix)}
+
+
 def assess_folder(samples: Path, reference: Path, dataset: str, bounds: Mapping[str, Bound], cfg: AssessConfig,
-                  judge=None) -> Assessment:
-    """Every metric of `samples` against the `reference` jpg tree, and the verdict under `bounds`."""
+                  judge=None, class_judge=None) -> Assessment:
+    """Every metric of `samples` against the `reference` jpg tree, and the verdict under `bounds`.
+    judge / class_judge: the dataset's EF and class judges (None: absent)."""
+    from echo_core.evaluation.class_judge_file import class_judgement
     from echo_core.metrics.protocol import list_videos
 
     df = read_samples_filelist(samples)
@@ -215,21 +227,25 @@ def assess_folder(samples: Path, reference: Path, dataset: str, bounds: Mapping[
     real = [read_video_frames(reference / v.name, cfg.frames) for v in list_videos(reference)]
     metrics = frechet_estimates([v[: cfg.frames] for v in videos], real, cfg)
     ef_metrics, ef_record = ef_judgement(df, judge, videos, cfg)
-    metrics.update(ef_metrics)
-    judge_name = f"ef ({ef_record['why_not']})" if "why_not" in ef_record else "ef"
-    judged = {m: (judge_name, bool(ef_record.get("competent"))) for m in bounds if m.startswith("ef_adherence")}
+    class_metrics, class_record = class_judgement(df, class_judge, videos, cfg)
+    metrics.update({**ef_metrics, **class_metrics})
+    judged = {**_judged(bounds, "ef_adherence", {"name": "ef", **ef_record}),
+              **_judged(bounds, "class_adherence", {"name": "class", **class_record})}
     gate = VerdictConfig(bounds=dict(bounds), decisive=cfg.decisive, level=cfg.level)
+    records = {"ef": ef_record, "class": class_record}
     return Assessment(dataset, str(samples), len(names), metrics, judge_all(metrics, gate, judged),
-                      {"ef": ef_record} if ef_record else {})
+                      {k: r for k, r in records.items() if r})
 
 
 def assess_samples(samples: Path, out_root: Path, dataset: str, cfg: AssessConfig) -> Assessment:
-    """`assess_folder` with the dataset's reference set, bounds and judge under `out_root`: what both
+    """`assess_folder` with the dataset's reference set, bounds and judges under `out_root`: what both
     `echoforge evaluate samples` and the evaluate flow of a registered version run."""
+    from echo_core.evaluation.class_judge_file import dataset_class_judge
     from echo_core.evaluation.judge_file import dataset_judge
 
     return assess_folder(Path(samples), Path(out_root) / "reference" / dataset, dataset,
-                         dataset_bounds(cfg.bounds, dataset), cfg, dataset_judge(Path(out_root), dataset))
+                         dataset_bounds(cfg.bounds, dataset), cfg, dataset_judge(Path(out_root), dataset),
+                         dataset_class_judge(Path(out_root), dataset))
 
 
 def flat_estimates(payload: dict[str, Any]) -> dict[str, float]:

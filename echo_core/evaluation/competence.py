@@ -1,8 +1,10 @@
-"""Judge competence: how well a regressor (an EF judge) scores on held-out real data, with bootstrap CIs.
+"""Judge competence: how well a regressor (an EF judge) or a classifier (a class judge) scores on held-out
+real data, with bootstrap CIs.
 
 A judge's verdict on generated videos is only worth what the judge scores on real ones, so its R² and MAE
-are reported with N and a 95 % seeded percentile bootstrap over videos (resampling whole videos, the unit
-that is independent). R² = 1 - SS_res / SS_tot about the mean of the true values (sklearn's r2_score).
+(a classifier's: accuracy and macro one-vs-rest AUC) are reported with N and a 95 % seeded percentile
+bootstrap over videos (resampling whole videos, the unit that is independent).
+R² = 1 - SS_res / SS_tot about the mean of the true values (sklearn's r2_score).
 """
 
 from __future__ import annotations
@@ -51,3 +53,41 @@ def regression_competence(pred: Any, true: Any, *, n_boot: int = 1000, seed: int
     r2_est, mae_est = paired_statistic(r2, p, t, **kw), paired_statistic(mae, p, t, **kw)
     return {"r2": r2_est.value, "r2_ci_low": r2_est.ci_low, "r2_ci_high": r2_est.ci_high, "mae": mae_est.value,
             "mae_ci_low": mae_est.ci_low, "mae_ci_high": mae_est.ci_high, "n": int(p.size)}
+
+
+def accuracy(predicted: Any, truth: Any) -> float:
+    """Share of videos whose predicted class is the true (or requested) one; an unmeasured video (-1) is wrong."""
+    return float(np.mean(np.asarray(predicted) == np.asarray(truth)))
+
+
+def macro_auc(proba: Any, truth: Any, class_ids: Any) -> float:
+    """Mean one-vs-rest ROC AUC (Mann-Whitney, ties halved) over the classes with both positive and negative
+    videos; NaN when no class has both (a bootstrap draw of a single class)."""
+    from scipy.stats import rankdata
+
+    p, t = np.asarray(proba, np.float64), np.asarray(truth)
+    aucs = []
+    for k, cid in enumerate(class_ids):
+        positive = t == cid
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        if n_pos and n_neg:
+            ranks = rankdata(p[:, k])
+            aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def classification_competence(predicted: Any, proba: Any, truth: Any, class_ids: Any, *, n_boot: int = 1000,
+                              seed: int = 0) -> dict[str, float]:
+    """predicted (N,), proba (N, K), truth (N,) -> {accuracy, auc (macro one-vs-rest), their CIs, n}.
+
+    CIs as `regression_competence`: a 95 % percentile bootstrap over videos with one seeded draw of indices.
+    """
+    pred, p, t = np.asarray(predicted), np.asarray(proba, np.float64), np.asarray(truth)
+    if pred.shape != t.shape or p.shape != (len(t), len(class_ids)) or len(t) < 2:
+        raise DataError(f"predicted / proba / truth: need (N,), (N, {len(class_ids)}), (N,) with N >= 2, got "
+                        f"{pred.shape}, {p.shape}, {t.shape}", fix="score the judge on >= 2 held-out videos")
+    kw = {"resamples": n_boot, "seed": seed, "level": CI_LEVEL}
+    acc = paired_statistic(accuracy, pred, t, **kw)
+    auc = paired_statistic(lambda q, y: macro_auc(q, y, class_ids), p, t, **kw)
+    return {"accuracy": acc.value, "accuracy_ci_low": acc.ci_low, "accuracy_ci_high": acc.ci_high,
+            "auc": auc.value, "auc_ci_low": auc.ci_low, "auc_ci_high": auc.ci_high, "n": int(len(t))}

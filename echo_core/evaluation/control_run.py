@@ -31,15 +31,16 @@ def control_row(name: str, result: Assessment) -> dict[str, Any]:
 
 
 def run_controls(prepared: Path, reference: Path, out_root: Path, dataset: str, bounds: Mapping[str, Bound],
-                 cfg: AssessConfig, *, frames: int, fps: float, judge=None, names: list[str] | None = None,
-                 progress=None) -> dict[str, Any]:
-    """Build the controls of `prepared` under `out_root` and judge each: {"controls": rows, "evaluator_ok"}."""
+                 cfg: AssessConfig, *, frames: int, fps: float, judge=None, class_judge=None,
+                 names: list[str] | None = None, progress=None) -> dict[str, Any]:
+    """Build the controls of `prepared` under `out_root` and judge each: {"controls": rows, "evaluator_ok"}.
+    judge / class_judge: the dataset's EF and class judges (None: absent, which makes their metrics inconclusive)."""
     folders = build_controls(prepared, out_root, names=names, frames=frames, fps=fps, seed=cfg.seed)
     rows = []
     for name, folder in folders.items():
         if progress is not None:
             progress(name)
-        rows.append(control_row(name, assess_folder(folder, reference, dataset, bounds, cfg, judge)))
+        rows.append(control_row(name, assess_folder(folder, reference, dataset, bounds, cfg, judge, class_judge)))
     return {"dataset": dataset, "evaluator_ok": all(r["as_expected"] for r in rows),
             "not_as_expected": [r["control"] for r in rows if not r["as_expected"]], "controls": rows,
             "config": cfg.model_dump(mode="json"), "frames": frames, "fps": fps,

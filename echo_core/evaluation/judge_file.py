@@ -20,7 +20,7 @@ JUDGE_FILE = "ef_judge.json"
 HELDOUT = ("VAL", "TEST")
 
 
-def _videos(prepared: Path, df) -> list[tuple[str, np.ndarray, float]]:
+def read_prepared_videos(prepared: Path, df) -> list[tuple[str, np.ndarray, float]]:
     """(FileName, gray (T, H, W) uint8, fps) of every row, read from the prepared dataset."""
     from echo_core.data.jobs import locate
     from echo_core.data.video import read_video
@@ -33,18 +33,20 @@ def _videos(prepared: Path, df) -> list[tuple[str, np.ndarray, float]]:
     return out
 
 
-def _split(prepared: Path):
+def split_rows(prepared: Path, label: str = "EF"):
+    """(TRAIN rows, VAL + TEST rows) of a prepared FileList that has FileName, `label` and Split."""
     from echo_core.data.filelist import read_filelist
 
     df = read_filelist(prepared / "FileList.csv")
-    missing = [c for c in ("FileName", "EF", "Split") if c not in df.columns]
+    missing = [c for c in ("FileName", label, "Split") if c not in df.columns]
     if missing:
-        raise DataError(f"{prepared / 'FileList.csv'} lacks {missing}", fix="an EF judge needs FileName, EF and Split")
+        raise DataError(f"{prepared / 'FileList.csv'} lacks {missing}",
+                        fix=f"a judge of {label} needs FileName, {label} and Split")
     split = df["Split"].astype(str).str.upper()
     train, held = df[split == "TRAIN"], df[split.isin(HELDOUT)]
     if len(train) < 3 or len(held) < 2:
         raise DataError(f"{prepared / 'FileList.csv'}: {len(train)} TRAIN and {len(held)} VAL/TEST videos",
-                        fix="an EF judge needs >= 3 TRAIN and >= 2 held-out videos (raise the phantom count)")
+                        fix="a judge needs >= 3 TRAIN and >= 2 held-out videos (raise the phantom count)")
     return train, held
 
 
@@ -57,12 +59,12 @@ def fit_ef_judge(prepared: Path, *, bar: float, seed: int = 0, resamples: int = 
     from echo_core.evaluation.competence import regression_competence
     from echo_core.models.judges import PixelEfJudge
 
-    train, held = _split(Path(prepared))
+    train, held = split_rows(Path(prepared))
     raw = PixelEfJudge()
-    measures = np.array([raw.measure(v, fps) for _, v, fps in _videos(Path(prepared), train)])
+    measures = np.array([raw.measure(v, fps) for _, v, fps in read_prepared_videos(Path(prepared), train)])
     ok = np.isfinite(measures)
     judge = raw.fit(measures[ok], train["EF"].to_numpy(np.float64)[ok])
-    held_videos = _videos(Path(prepared), held)
+    held_videos = read_prepared_videos(Path(prepared), held)
     predicted = judge.predict([v for _, v, _ in held_videos], [fps for _, _, fps in held_videos])
     truth = held["EF"].to_numpy(np.float64)
     measured = np.isfinite(predicted)

@@ -3,8 +3,7 @@
 A point estimate on 6-20 videos can sit on either side of a bound by chance. Judging the interval says which
 decisions the data support: the whole CI beyond the bound fails, the whole CI within it passes, and a CI that
 straddles the bound is inconclusive (with `decisive`) or decided by the point value (the old gate's rule, so
-a demo run still ends in pass or fail). `gate.py`'s point-value gate stays as it is; `VerdictConfig` reads the
-same {min, max} bounds and can be built from a `PromotionConfig`.
+a demo run still ends in pass or fail). `gate.py`'s promotion gate reads the verdicts this module gives.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from echo_core.config import StrictModel
-from echo_core.evaluation.gate import PromotionConfig
 from echo_core.metrics.bootstrap import Estimate
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -40,29 +38,12 @@ class Bound(StrictModel):
 
 
 class VerdictConfig(StrictModel):
-    """The interval gate: bounds per metric, the metrics that must be present, and the bootstrap settings."""
+    """The interval gate: a bound per metric (every bounded metric is required: a missing one fails) and how
+    a CI that straddles its bound is decided. The bootstrap that makes the CIs is `AssessConfig`'s."""
 
     bounds: dict[str, Bound] = Field(default_factory=dict)
-    require: list[str] = Field(default_factory=list)
     decisive: bool = False  # True: a CI straddling a bound is inconclusive; False: the point value decides
     level: float = Field(0.95, gt=0.0, lt=1.0)
-    resamples: int = Field(1000, ge=1)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _required_metrics_are_bounded(self) -> VerdictConfig:
-        # a required metric without a bound is only checked for presence: any value would pass
-        unbounded = [name for name in self.require if name not in self.bounds]
-        if unbounded:
-            raise ValueError(f"required metrics without a bound: {unbounded}; add bounds.<name>: {{min|max: ...}}"
-                             " or drop them from require")
-        return self
-
-    @classmethod
-    def from_promotion(cls, gate: PromotionConfig, **settings) -> VerdictConfig:
-        """The interval gate with `gate`'s thresholds and required metrics (`settings`: decisive, level, ...)."""
-        bounds = {name: t.model_dump() for name, t in gate.metric_thresholds.items()}
-        return cls.model_validate({"bounds": bounds, "require": list(gate.require_metrics), **settings})
 
 
 @dataclass(frozen=True)

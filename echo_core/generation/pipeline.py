@@ -168,7 +168,8 @@ class LvdmPipeline:
                             num_frames=opts.num_frames, window=window, stride=opts.stride or max(1, window // 2),
                             seeds=seeds, steps=opts.steps, guidance_scale=opts.guidance_scale,
                             frame_guidance_scale=opts.frame_guidance_scale, fps=opts.fps or self.fps,
-                            blend=opts.blend, callback=callback)
+                            blend=opts.blend, callback=callback,
+                            frame_residual=self.config.conditioning.frame_residual)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, *, chunk: int = 64, gray: bool = True) -> np.ndarray:

@@ -75,6 +75,9 @@ class ConditioningConfig(StrictModel):
     text_max_length: int = Field(32, ge=2)
     p_cond: float = Field(0.1, ge=0.0, le=1.0)  # CFG: probability that ALL conditions are dropped
     p_frame: float = Field(0.0, ge=0.0, le=1.0)  # probability that the conditioning frame is zeroed
+    # not None: the LVDM diffuses (video − conditioning frame) / frame_residual, the motion alone
+    # (`echo_core.diffusion.objectives.to_frame_residual`); the value is the residual's RMS in the latents
+    frame_residual: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> ConditioningConfig:
@@ -86,6 +89,8 @@ class ConditioningConfig(StrictModel):
                              "use ef_mode 'embedding' to combine EF with other conditions")
         if not scalar_ef and self.dim < 2:
             raise ValueError("learned condition tokens need dim >= 2 (dim 1 is only for scalar EF)")
+        if self.frame_residual is not None and self.p_frame > 0:
+            raise ValueError("frame_residual needs p_frame 0: without its frame a residual is not defined")
         if "class_id" in self.types and self.num_classes is None:
             raise ValueError("class_id conditioning needs num_classes")
         return self

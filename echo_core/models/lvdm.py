@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from echo_core.config import StrictModel
@@ -48,6 +48,14 @@ class LvdmSpec(StrictModel):
     conditioning: ConditioningConfig = Field(default_factory=ConditioningConfig)
     objective: ObjectiveConfig = Field(default_factory=DDPMObjectiveConfig)
     dataset: LatentDatasetConfig = Field(default_factory=LatentDatasetConfig)
+
+    @model_validator(mode="after")
+    def _ef_micro_condition_needs_scalar_ef(self) -> LvdmSpec:
+        scalar_ef = self.conditioning.types == ["ef"] and self.conditioning.ef_mode == "scalar"
+        if self.model.ef_micro_condition and not (scalar_ef and self.model.added_time_ids):
+            raise ValueError("model.ef_micro_condition routes the scalar EF token into SVD's added_time_ids: "
+                             "it needs model.added_time_ids: true and conditioning types [ef], ef_mode scalar")
+        return self
 
     @classmethod
     def from_train_dump(cls, train: Mapping[str, Any]) -> LvdmSpec:
@@ -109,7 +117,8 @@ class LvdmNet(nn.Module):
         spec = read_lvdm_spec(folder)
         unet = load_pretrained(UNetSpatioTemporalConditionModel, folder).float()
         denoiser = LatentVideoDenoiser(unet, added_time_ids=spec.model.added_time_ids,
-                                       motion_bucket=spec.model.motion_bucket)
+                                       motion_bucket=spec.model.motion_bucket,
+                                       ef_micro_condition=spec.model.ef_micro_condition)
         conditioner = ConditionEncoder(spec.conditioning, text_encoder)
         conditioner.load_state_dict({k: v.float() for k, v in load_file(str(folder / CONDITIONING_FILE)).items()})
         return cls(denoiser, conditioner, spec).eval()

@@ -58,6 +58,10 @@ class UNetConfig(StrictModel):
     name: str = "reference"
     added_time_ids: bool = False  # reference: False (zeros)
     motion_bucket: float = SVD_MOTION_BUCKET
+    # True: the scalar EF token (EF %, or the null) replaces the constant motion bucket in `added_time_ids`,
+    # so EF reaches every ResNet block through the time embedding (FiLM) instead of only a one-key
+    # cross-attention, whose softmax over a single token is 1: there EF is a query-independent bias
+    ef_micro_condition: bool = False
     latent_size: int = Field(14, gt=0)
     overrides: dict[str, Any] = Field(default_factory=dict)  # any UNetSpatioTemporalConditionModel kwarg
 
@@ -124,11 +128,13 @@ class LatentVideoDenoiser(nn.Module):
     The training loop and the sampler call this, never the raw UNet, so both use the same plumbing.
     """
 
-    def __init__(self, unet: nn.Module, *, added_time_ids: bool, motion_bucket: float = SVD_MOTION_BUCKET):
+    def __init__(self, unet: nn.Module, *, added_time_ids: bool, motion_bucket: float = SVD_MOTION_BUCKET,
+                 ef_micro_condition: bool = False):
         super().__init__()
         self.unet = unet
         self.added_time_ids = added_time_ids
         self.motion_bucket = motion_bucket
+        self.ef_micro_condition = ef_micro_condition
 
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, cond_frame: torch.Tensor,
                 encoder_hidden_states: torch.Tensor, fps: torch.Tensor | float) -> torch.Tensor:
@@ -137,8 +143,9 @@ class LatentVideoDenoiser(nn.Module):
         b, _, frames = noisy.shape[:3]
         frame_video = cond_frame.unsqueeze(2).expand(-1, -1, frames, -1, -1)
         sample = pad_latents(torch.cat([noisy, frame_video], dim=1))
-        ids = make_added_time_ids(fps, self.motion_bucket, b, self.added_time_ids,
-                                  device=noisy.device, dtype=noisy.dtype)
+        # the scalar EF token is EF/100, or NULL_EF_SCALAR (-1) when dropped: the bucket is EF % or -100
+        motion = encoder_hidden_states[:, 0, 0] * 100.0 if self.ef_micro_condition else self.motion_bucket
+        ids = make_added_time_ids(fps, motion, b, self.added_time_ids, device=noisy.device, dtype=noisy.dtype)
         out = self.unet(sample, t, encoder_hidden_states=encoder_hidden_states, added_time_ids=ids).sample
         return unpad_latents(out)
 
@@ -147,4 +154,5 @@ def build_denoiser(cfg: UNetConfig, *, cross_attention_dim: int, num_frames: int
     """A fresh `LatentVideoDenoiser` from `lvdm.model` (+ the conditioning width and clip length)."""
     unet = build_unet(cfg.name, cross_attention_dim=cross_attention_dim, num_frames=num_frames,
                       added_time_ids=cfg.added_time_ids, latent_size=cfg.latent_size, **cfg.overrides)
-    return LatentVideoDenoiser(unet, added_time_ids=cfg.added_time_ids, motion_bucket=cfg.motion_bucket)
+    return LatentVideoDenoiser(unet, added_time_ids=cfg.added_time_ids, motion_bucket=cfg.motion_bucket,
+                               ef_micro_condition=cfg.ef_micro_condition)

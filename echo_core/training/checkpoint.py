@@ -47,11 +47,19 @@ class CheckpointConfig(StrictModel):
         return self
 
 
+# Options added after checkpoints existed: at these values they change nothing, so they stay out of the hash
+# and a run checkpointed before they existed still resumes.
+_LATER_OPTIONS_OFF = {("model", "ef_micro_condition"): False, ("conditioning", "frame_residual"): None}
+
+
 def trajectory_hash(cfg: Any) -> str:
     """Hash of everything that shapes the weights' trajectory (not max_steps: raising it continues a run).
     `cfg`: a pydantic training config with an `optim` section."""
     data = cfg.model_dump(mode="json")
     data["optim"].pop("max_steps", None)
+    for (section, key), off in _LATER_OPTIONS_OFF.items():
+        if section in data and key in data[section] and data[section][key] == off:
+            del data[section][key]
     return config_hash(data)
 
 

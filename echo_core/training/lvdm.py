@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from echo_core.diffusion.objectives import build_objective, frame_mask
+from echo_core.diffusion.objectives import build_objective, frame_mask, to_frame_residual
 from echo_core.latents.clips import LatentClipDataset
 from echo_core.models.conditioning import FrozenTextEncoder, apply_frame_dropout, sample_dropout_masks
 from echo_core.models.lvdm import LvdmNet, LvdmSpec, build_lvdm_net
@@ -79,9 +79,11 @@ class LvdmTask(TrainTask):
 
     def loss(self, model: nn.Module, batch: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
         """Masked denoising loss, with condition and frame dropout. batch["video"]: (B, C, T, h, w)."""
-        x0 = batch["video"]
-        b, frames = x0.shape[0], x0.shape[2]
         p = self.config.conditioning
+        x0 = batch["video"]
+        if p.frame_residual is not None:
+            x0 = to_frame_residual(x0, batch["cond_frame"], p.frame_residual)
+        b, frames = x0.shape[0], x0.shape[2]
         cond_drop, frame_drop = sample_dropout_masks(b, p.p_cond, p.p_frame, generator)
         noise = self.objective.make_noise(x0, generator)
         t = self.objective.sample_timesteps(b, generator, device=x0.device)

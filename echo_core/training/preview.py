@@ -59,7 +59,8 @@ def sample_validation(net: LvdmNet, batch: Mapping[str, Any], cfg: ValidationCon
     return sample_video(net.denoiser, sampler, objective=spec.objective, cond_frame=batch["cond_frame"],
                         cond_tokens=net.conditioner(batch), null_tokens=net.conditioner.null_condition(n),
                         num_frames=frames, window=frames, stride=frames, seeds=[seed + i for i in range(n)],
-                        steps=cfg.steps, guidance_scale=cfg.guidance_scale, fps=spec.dataset.target_fps)
+                        steps=cfg.steps, guidance_scale=cfg.guidance_scale, fps=spec.dataset.target_fps,
+                        frame_residual=spec.conditioning.frame_residual)
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ For each dataset (params.yaml `evaluate.datasets`):
 4. verdict: the samples judged as any folder is (`echoforge evaluate samples`, `evaluate.assess`): every
    metric with a video-level bootstrap CI, ratios at equal N, EF adherence by the dataset's EF judge, and
    pass / fail / inconclusive. <metrics_dir>/<ds>/assessment.json, `gate/*` metrics, and the version's
-   `verdict.<ds>` / `verdict_reasons.<ds>` tags, which the gate reads when `promotion.require_verdict`.
+   `verdict.<ds>` / `verdict_reasons.<ds>` tags, which the gate reads when `promotion.require_verdict`,
+   and `judge.ef.<ds>` (the EF judge file's sha256 prefix, its held-out R², its registered version).
 
 Outputs: <metrics_dir>/evaluate.json (flat {"<ds>/<metric>": value}, `dvc metrics show`),
 <metrics_dir>/<ds>/metrics.json (values + protocol + downstream reports), <metrics_dir>/plots/<ds>/*.csv
@@ -119,12 +120,16 @@ def dataset_metrics(plan: DatasetPlan, cfg: EvaluateConfig, shards: int = 1) -> 
     return measure_samples(plan, cfg, features_on_task_runner if shards > 1 else None, shards)
 
 
-def assess_dataset(plan: DatasetPlan, cfg: EvaluateConfig, out_root: str) -> dict[str, Any]:
+def assess_dataset(plan: DatasetPlan, cfg: EvaluateConfig, out_root: str, target: ModelTarget) -> dict[str, Any]:
     """The samples judged exactly as `echoforge evaluate samples` judges any folder: metrics with CIs and a
-    verdict (its --out JSON)."""
+    verdict (its --out JSON). The version gets a `judge.ef.<ds>` tag naming the EF judge file that judged it."""
     from echo_core.evaluation.assess import assess_samples
+    from echo_core.evaluation.judge_file import JUDGE_FILE
+    from pipelines.judge_registry import record_judge_use
 
-    return assess_samples(plan.samples, Path(out_root), plan.name, cfg.assess).to_dict()
+    assessed = assess_samples(plan.samples, Path(out_root), plan.name, cfg.assess).to_dict()
+    record_judge_use(target.name, target.version, plan.name, Path(out_root) / "judges" / plan.name / JUDGE_FILE)
+    return assessed
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -189,7 +194,7 @@ def run_evaluation(model: str = "echo-lvdm", version: str = "candidate", dataset
             sampled = step(sample_dataset)(plan, target, sample_cfg)
             measured = step(dataset_metrics)(plan, cfg, shards)
             downstream = step(run_downstream)(plan, down_cfg, cfg.torch_threads, PrefixedTracker(tracker, plan.name))
-            assessed = step(assess_dataset)(plan, cfg, out_root)
+            assessed = step(assess_dataset)(plan, cfg, out_root, target)
             write_json_atomic(mdir / plan.name / "assessment.json", assessed)
             tracker.log_artifact(mdir / plan.name / "assessment.json", f"metrics/{plan.name}")
             verdicts[plan.name] = (assessed["verdict"], "; ".join(assessed["failures"] + assessed["inconclusive"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ from echo_core.data.filelist import read_filelist, write_filelist
 from echo_core.data.jobs import locate
 from echo_core.data.video import read_video
 from echo_core.evaluation.judge_file import JUDGE_FILE, load_ef_judge
+from echo_core.utils.hashing import sha256_file
 
 # the project fixture takes ~50-70 s on 2 shared cores (it judges six control folders): its tests are slow;
 # the bad-input tests need no project and run in the fast suite
@@ -77,8 +79,12 @@ def project(tmp_path_factory):
     # on 2 shared cores a 2-thread OpenBLAS spin-waits: the bootstrap's small SVDs run ~9x slower
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield _build_project(tmp_path_factory.mktemp("assess"))
+    root = tmp_path_factory.mktemp("assess")
+    with pytest.MonkeyPatch.context() as mp, threadpool_limits(1):
+        # its own MLflow store, so the registry tests count only this module's judges and controls runs
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+        mp.chdir(root)  # MLflow's staging folder goes under the project, not the repository
+        yield _build_project(root)
     torch.set_num_threads(torch_threads)
 
 
@@ -99,7 +105,8 @@ def _build_project(root: Path) -> SimpleNamespace:
     assert judge.exit_code == 0, judge.output
     controls = _cli("controls", *common, "--metrics-dir", root / "metrics")
     return SimpleNamespace(root=root, out=out, prepared=prepared, reference=reference, params=params,
-                           controls_run=controls, controls=out / "controls" / DS,
+                           judge_output=judge.output, controls_run=controls, controls=out / "controls" / DS,
+                           competence=json.loads((root / "metrics" / "judges" / f"{DS}.json").read_text("utf-8")),
                            judge_file=out / "judges" / DS / JUDGE_FILE,
                            table=json.loads((root / "metrics" / "controls" / f"{DS}.json").read_text("utf-8")))
 
@@ -193,7 +200,8 @@ def test_a_judge_below_its_bar_makes_ef_adherence_inconclusive_never_pass(projec
         (out2 / sub).mkdir(parents=True)
         (out2 / sub / DS).symlink_to(project.out / sub / DS, target_is_directory=True)
     params = _write_params(tmp_path / "params.yaml", ef_judge_min_r2=1.01)
-    fitted = _cli("judge", "--dataset", DS, "--out-root", out2, "--params", params, "--metrics-dir", tmp_path / "m")
+    fitted = _cli("judge", "--dataset", DS, "--out-root", out2, "--params", params, "--metrics-dir", tmp_path / "m",
+                  "--no-track")  # not registered: the registry tests below count this module's judges
     assert fitted.exit_code == 0, fitted.output
     comp = json.loads((out2 / "judges" / DS / JUDGE_FILE).read_text(encoding="utf-8"))["competence"]
     first = json.loads(project.judge_file.read_text(encoding="utf-8"))["competence"]
@@ -223,6 +231,40 @@ def test_fewer_videos_than_min_videos_is_inconclusive(project, tmp_path, control
     payload = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert payload["verdict"] == "inconclusive" and payload["n_videos"] == 3
     assert any("min_videos 8" in r for r in payload["inconclusive"]), payload["inconclusive"]
+
+
+# ------------------------------------------------------------------------------------------ 5. untrained version
+
+
+def _echoforge(*args: str):
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, list(map(str, args)))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@slow
+def test_an_untrained_version_fails_the_gate_on_every_bounded_metric(project, tmp_path):
+    """The demo's LVDM config trained 2 steps (a model that learned nothing), sampled like the evaluate flow
+    samples a version: the gate must refuse it, naming each metric, and never call it inconclusive."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.tiny_lvdm import make_vae_folder
+
+    vae, latents, lvdm, samples = (tmp_path / n for n in ("vae", "latents", "lvdm", "samples"))
+    make_vae_folder(vae)  # an untrained VAE as well: the whole version is untrained
+    _echoforge("latents", "encode", "--vae", vae, "--dataset", project.prepared, "--out", latents)
+    _echoforge("train", "lvdm", "--data", latents, "--out", lvdm, "--params", project.params, "--max-steps", 2,
+               "--no-tracking", "--no-register")
+    _echoforge("sample", "--model", lvdm / "unet_ema", "--vae", vae, "--out", samples, "--conditioning", latents,
+               "--params", project.params, "--num-samples", HELDOUT, "--frames", 40, "--steps", 4,
+               "--ef-range", 20, 80, "--formats", "jpg", "--no-track")
+    result = _samples(samples, project.params, project.out, tmp_path / "r.json")
+    assert result.exit_code == 1, result.output
+    payload = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    verdicts = {v["name"]: v["verdict"] for v in payload["verdicts"]}
+    assert payload["verdict"] == "fail" and payload["inconclusive"] == []
+    assert all(verdicts[name] == "fail" for name in BOUNDS), verdicts
 
 
 # ------------------------------------------------------------------------------------------ 5-6. bad input
@@ -256,3 +298,130 @@ def test_an_unknown_assess_key_is_rejected_naming_it(tmp_path, monkeypatch, caps
     code, text = _main(monkeypatch, capsys, "samples", "--samples", tmp_path, "--dataset", DS,
                        "--params", params, "--out-root", tmp_path / "outputs")
     assert code == 2 and "assess.resampels" in text and "Traceback" not in text
+
+
+# ------------------------------------------------------------------------------------------ 6. the MLflow record
+# `echoforge evaluate judge` registers the EF judge with its held-out competence, `echoforge evaluate controls`
+# logs its table, an evaluated version names the judge it used, `--no-track` touches no MLflow, and a tracking
+# server that is down is said to be down (the fixture ran judge and controls tracked, into its own store).
+
+JUDGE_MODEL = f"echo-ef-{DS}-judge"
+
+
+def _rcli(root: Path, command: str, *extra: str, metrics: str = "metrics"):
+    return _cli(command, "--dataset", DS, "--out-root", root / "outputs", "--params", root / "params.yaml",
+                "--metrics-dir", root / metrics, *extra)
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import tracking_uri
+
+    return MlflowClient(tracking_uri())
+
+
+def _runs(experiment: str) -> list:
+    exp = _client().get_experiment_by_name(experiment)
+    return [] if exp is None else _client().search_runs([exp.experiment_id])
+
+
+@slow
+def test_the_judge_is_registered_with_its_competence(project):
+    from pipelines.registry import versions_tagged
+
+    comp, sha = project.competence, sha256_file(project.judge_file)
+    (mv,) = _client().search_model_versions(f"name='{JUDGE_MODEL}'")
+    assert f"registered {JUDGE_MODEL} version {mv.version}" in project.judge_output
+    assert mv.tags["sha256"] == sha and mv.tags["dataset"] == DS and mv.tags["n"] == str(comp["n"]) == "8"
+    for key in ("r2", "r2_ci_low", "r2_ci_high", "mae", "mae_ci_low", "mae_ci_high", "bar_r2"):
+        assert float(mv.tags[key]) == comp[key], key
+    assert mv.tags["competent"] == str(comp["competent"]).lower()
+    run = _client().get_run(mv.run_id)
+    assert run.data.metrics["r2"] == comp["r2"] and run.data.metrics["competent"] == float(comp["competent"])
+    assert run.data.metrics["mae_ci_high"] == comp["mae_ci_high"] and run.data.metrics["n"] == comp["n"]
+
+    import mlflow
+
+    got = Path(mlflow.artifacts.download_artifacts(f"models:/{JUDGE_MODEL}/{mv.version}",
+                                                   dst_path=str(project.root / "download")))
+    assert sorted(p.name for p in got.iterdir()) == [f"{DS}.json", JUDGE_FILE]
+    assert sha256_file(got / JUDGE_FILE) == sha  # the registered version is the very file evaluations read
+
+    again = _rcli(project.root, "judge")  # the same judge again: a new run, no second version
+    assert again.exit_code == 0 and f"already registered as {JUDGE_MODEL} version {mv.version}" in again.output
+    assert versions_tagged(JUDGE_MODEL, "sha256", sha) == [str(mv.version)] and len(_runs("echo-judges")) == 2
+
+
+@slow
+def test_the_controls_run_has_the_table_the_plot_and_every_estimate(project):
+    (run,) = _runs("echo-controls")
+    assert run.data.tags["controls_ok"] == str(project.table["evaluator_ok"]).lower()
+    assert run.data.tags["not_as_expected"] == ", ".join(project.table["not_as_expected"])
+    files = {f.path for f in _client().list_artifacts(run.info.run_id, "controls")}
+    assert files == {f"controls/{DS}.json", f"controls/{DS}.png"}
+    metrics, measured = run.data.metrics, 0
+    for row in project.table["controls"]:
+        assert metrics[f"{row['control']}/as_expected"] == float(row["as_expected"])
+        for name, est in row["metrics"].items():
+            if est["value"] is None:
+                continue
+            measured += 1
+            for key, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"), ("n", "_n")):
+                assert metrics[f"{row['control']}/{name}{suffix}"] == pytest.approx(est[key]), (row["control"], name)
+    assert measured >= 3 * len(project.table["controls"])  # FD ratio, FVD ratio, EF adherence at least
+
+
+@slow
+def test_an_evaluated_version_names_the_judge_that_judged_it(project):
+    from pipelines.judge_registry import record_judge_use
+    from pipelines.registry import get_model_version, register_run_artifacts
+    from pipelines.tracking import start_run
+
+    with start_run("judge-use-test") as tracker:
+        tracker.log_artifact(project.judge_file, "stand-in")  # any registered folder stands for an LVDM version
+        run_id = tracker.run_id
+    model = "echo-lvdm-judge-use-test"
+    version = register_run_artifacts(model, run_id, "stand-in", {})
+    value = record_judge_use(model, version, DS, project.judge_file)
+    (judge_mv,) = _client().search_model_versions(f"name='{JUDGE_MODEL}'")
+    sha, r2 = sha256_file(project.judge_file), project.competence["r2"]
+    expected = f"{sha[:12]} r2={r2:.3f} {JUDGE_MODEL} v{judge_mv.version}"
+    assert value == expected and get_model_version(model, version).tags == {f"judge.ef.{DS}": expected}
+    assert record_judge_use(model, version, "cardiacnet", project.root / "none" / JUDGE_FILE) is None
+    assert set(get_model_version(model, version).tags) == {f"judge.ef.{DS}"}
+
+
+@slow
+def test_no_track_touches_no_mlflow_and_still_writes_the_files(project, monkeypatch):
+    store = project.root / "untouched" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    for command in ("judge", "controls"):
+        result = _rcli(project.root, command, "--no-track", metrics="local")
+        assert result.exit_code in (0, 1) and (result.exception is None or isinstance(result.exception, SystemExit))
+        assert "MLflow" not in result.output and "registered" not in result.output, result.output
+    assert not store.parent.exists()  # no store opened, so nothing logged anywhere
+    assert json.loads((project.root / "local" / "judges" / f"{DS}.json").read_text("utf-8")) == project.competence
+    for suffix in ("json", "png"):
+        assert (project.root / "local" / "controls" / f"{DS}.{suffix}").stat().st_size > 0
+
+
+@slow
+def test_a_tracking_server_that_is_down_is_named_and_the_files_are_kept(project, monkeypatch, tmp_path):
+    from echo_core.errors import TrackingError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of after MLflow's backoff
+    (tmp_path / "params.yaml").write_text((project.root / "params.yaml").read_text("utf-8"), encoding="utf-8")
+    (tmp_path / "outputs" / "prepared").mkdir(parents=True)
+    (tmp_path / "outputs" / "prepared" / DS).symlink_to(project.prepared)
+    result = _rcli(tmp_path, "judge")
+    assert isinstance(result.exception, TrackingError) and result.exception.exit_code == 1, result.output
+    message = str(result.exception)
+    assert f"http://127.0.0.1:{port}" in message and "the local result is written" in message
+    assert "--no-track" in message  # the fix names the way to keep the result local only
+    written = tmp_path / "outputs" / "judges" / DS / JUDGE_FILE
+    assert str(written) in message and sha256_file(written) == sha256_file(project.judge_file)

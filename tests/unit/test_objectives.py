@@ -131,3 +131,13 @@ def test_build_objective_from_strict_config():
         _objective(kind="rectified_flow", beta_start=0.1)  # a DDPM key on flow is a mistake, not ignored
     with pytest.raises(ConfigError, match="noise_ofset"):
         _objective(noise_ofset=0.1)
+
+
+def test_frame_residual_round_trip_and_zero_at_the_frame():
+    from echo_core.diffusion.objectives import from_frame_residual, to_frame_residual
+
+    video, frame = torch.randn(2, 4, 5, 14, 14), torch.randn(2, 4, 14, 14)
+    video[:, :, 3] = frame  # the conditioning frame is frame 3 of the clip
+    residual = to_frame_residual(video, frame, 0.25)
+    assert torch.equal(residual[:, :, 3], torch.zeros_like(frame))
+    assert torch.allclose(from_frame_residual(residual, frame, 0.25), video, atol=1e-6)

@@ -190,3 +190,21 @@ def test_sample_image_with_a_tiny_unet2d_for_every_sampler(image_model, name):
     with pytest.raises(UsageError, match="does not fit"):
         sample_image(image_model, wrong, objective=OBJECTIVE[name], cond_tokens=torch.tensor([0]),
                      null_tokens=torch.tensor([2]), seeds=[0], shape=(4, 8, 8), steps=1)
+
+
+def test_a_frame_residual_model_gets_its_frame_added_back(model):
+    denoiser, encoder = model
+    b, frame = 2, torch.randn(2, 4, 14, 14)
+    tokens = encoder({"ef": torch.full((b,), 0.55), "has_ef": torch.ones(b, dtype=torch.bool)})
+    kw = dict(objective=DDPM, cond_frame=frame, cond_tokens=tokens, null_tokens=encoder.null_condition(b),
+              num_frames=6, window=4, stride=2, seeds=[0, 1], steps=2)
+    plain = sample_video(denoiser, "ddim", **kw)
+    residual = sample_video(denoiser, "ddim", frame_residual=0.25, **kw)
+    assert torch.allclose(residual, plain * 0.25 + frame.unsqueeze(2), atol=1e-6)
+    with pytest.raises(UsageError, match="frame guidance"):
+        sample_video(denoiser, "ddim", frame_residual=0.25, frame_guidance_scale=2.0, **kw)
+
+
+def test_frame_residual_and_frame_dropout_exclude_each_other():
+    with pytest.raises(ValueError, match="p_frame 0"):
+        ConditioningConfig(types=["ef"], dim=1, frame_residual=0.25, p_frame=0.1)

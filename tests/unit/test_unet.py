@@ -114,3 +114,29 @@ def test_save_pretrained_round_trip(tmp_path, tiny_denoiser):
     assert loaded.config.projection_class_embeddings_input_dim == 3 * UNET_CONFIGS["tiny"]["addition_time_embed_dim"]
     for (name, a), (_, b) in zip(tiny_denoiser.unet.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+@torch.no_grad()
+def test_ef_micro_condition_feeds_the_ef_token_as_the_motion_bucket():
+    torch.manual_seed(4)
+    config = validate_config(UNetConfig, {"name": "tiny", "added_time_ids": True, "ef_micro_condition": True})
+    denoiser = build_denoiser(config, cross_attention_dim=1, num_frames=4)
+    noisy, cond, t = torch.randn(2, 4, 4, 14, 14), torch.randn(2, 4, 14, 14), torch.tensor([5, 5])
+    tokens = torch.tensor([0.3, -1.0]).reshape(2, 1, 1)  # EF 30 %, and the null token
+    out = denoiser(noisy, t, cond, tokens, fps=32.0)
+    sample = pad_latents(torch.cat([noisy, cond.unsqueeze(2).expand(-1, -1, 4, -1, -1)], dim=1))
+    ids = torch.tensor([[32.0, 30.0, 0.0], [32.0, -100.0, 0.0]])
+    direct = denoiser.unet(sample, t, encoder_hidden_states=tokens, added_time_ids=ids).sample
+    assert torch.allclose(out, unpad_latents(direct), atol=1e-5)
+    denoiser.ef_micro_condition = False  # the constant bucket instead: another output
+    assert not torch.allclose(out, denoiser(noisy, t, cond, tokens, fps=32.0), atol=1e-4)
+
+
+def test_ef_micro_condition_needs_added_time_ids_and_the_scalar_ef_token():
+    from echo_core.models.lvdm import LvdmSpec
+
+    with pytest.raises(ValueError, match="added_time_ids: true"):
+        LvdmSpec.model_validate({"model": {"name": "tiny", "ef_micro_condition": True}})
+    with pytest.raises(ValueError, match="ef_mode scalar"):
+        LvdmSpec.model_validate({"model": {"name": "tiny", "added_time_ids": True, "ef_micro_condition": True},
+                                 "conditioning": {"types": ["ef"], "ef_mode": "embedding", "dim": 8}})

@@ -260,14 +260,36 @@ def resolve_kind_config(kind: PhantomKind | str, config: KindConfig | None = Non
     return validate_config(type(base), {**base.model_dump(), **updates}, where=f"phantom {kind.value} config")
 
 
+def _render_item(kind: PhantomKind, tmp: Path, seed: int, item: Item) -> dict[str, Any]:
+    """Render and write one clip; its own random stream makes it independent of every other clip."""
+    clip = render_clip(item.spec, np.random.default_rng([seed, _KIND_IDS[kind], item.index]))
+    if kind is PhantomKind.CARDIACNET:
+        return _write_cardiacnet_item(tmp, item, clip)
+    return _write_echonet_item(tmp, kind, item, clip)
+
+
+def _render_all(kind: PhantomKind, tmp: Path, seed: int, items: list[Item], workers: int) -> list[dict[str, Any]]:
+    """Every clip's record, in item order, rendered by `workers` processes (same bytes for any count)."""
+    import functools
+
+    render = functools.partial(_render_item, kind, tmp, seed)
+    desc = f"phantom {kind.value}"
+    if workers <= 1 or len(items) < 2:
+        return [render(item) for item in progress(items, total=len(items), desc=desc)]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(progress(pool.map(render, items), total=len(items), desc=desc))
+
+
 def generate_dataset(kind: PhantomKind | str, out: str | os.PathLike, *, num_videos: int, seed: int,
                      fps: float | None = None, num_frames: int | None = None, overwrite: bool = False,
-                     config: KindConfig | None = None) -> Path:  # fmt: skip
+                     config: KindConfig | None = None, workers: int = 1) -> Path:  # fmt: skip
     """Write a phantom dataset of `kind` into `out` atomically (built in a temp sibling, then renamed).
 
     fps / num_frames: fixed for every clip; None draws them per clip from the kind's config. An `out`
     already holding the same phantom (same phantom.json) is left as is; any other non-empty `out` is refused
-    unless `overwrite`.
+    unless `overwrite`. `workers` > 1 renders clips in that many processes (the bytes do not change).
     """
     kind = _kind(kind)
     cfg = resolve_kind_config(kind, config, num_videos=num_videos, fps=fps, num_frames=num_frames)
@@ -280,25 +302,20 @@ def generate_dataset(kind: PhantomKind | str, out: str | os.PathLike, *, num_vid
     _check_target(out, overwrite)
     items = plan_dataset(kind, cfg, seed)
     with atomic_dir(out) as tmp:
-        records = []
-        for item in progress(items, total=len(items), desc=f"phantom {kind.value}"):
-            clip = render_clip(item.spec, np.random.default_rng([seed, _KIND_IDS[kind], item.index]))
-            if kind is PhantomKind.CARDIACNET:
-                records.append(_write_cardiacnet_item(tmp, item, clip))
-            else:
-                records.append(_write_echonet_item(tmp, kind, item, clip))
+        records = _render_all(kind, tmp, seed, items, workers)
         _write_tables(tmp, kind, records)
         write_json_atomic(tmp / MANIFEST, manifest)
     return out
 
 
 def generate_default_data(root: str | os.PathLike, cfg: PhantomConfig | None = None, *,
-                          overwrite: bool = False) -> dict[str, Path]:  # fmt: skip
+                          overwrite: bool = False, workers: int = 1) -> dict[str, Path]:  # fmt: skip
     """The four default sets under `root` (EchoNet-Dynamic, EchoNet-Pediatric/{A4C,PSAX}, CardiacNet)."""
     cfg = cfg or PhantomConfig()
     return {
         kind.value: generate_dataset(kind, Path(root) / folder, num_videos=cfg.for_kind(kind).num_videos,
-                                     seed=cfg.seed, overwrite=overwrite, config=cfg.for_kind(kind))  # fmt: skip
+                                     seed=cfg.seed, overwrite=overwrite, config=cfg.for_kind(kind),
+                                     workers=workers)  # fmt: skip
         for kind, folder in DEFAULT_FOLDERS.items()
     }
 
