@@ -26,11 +26,11 @@ from pydantic import Field
 
 from echo_core.config import StrictModel
 from echo_core.errors import DataError
+from echo_core.evaluation.competence import MAX_UNMEASURED_FRACTION
 from echo_core.evaluation.verdict import Bound, MetricVerdict, VerdictConfig, exit_code, judge_all, overall
 from echo_core.metrics.bootstrap import Estimate, equal_n_split, frechet_ratio, mae, paired_statistic, pearson, r2
 
 log = logging.getLogger("echoforge.evaluation")
-MAX_UNMEASURED = 0.1  # more samples than this fraction without a measurable LV: EF adherence is not measured
 
 # metric name → (extractor role, clip length: 0 = every frame is a row, else one clip of that many frames)
 FRECHET_FEATURES: dict[str, tuple[str, int]] = {"fd_fallback": ("frame_features", 0),
@@ -188,7 +188,7 @@ def ef_judgement(df, judge, frames: list[np.ndarray], cfg: AssessConfig) -> tupl
     unmeasured = int((~np.isfinite(predicted)).sum())
     record = {"name": "ef", **judge.competence, "unmeasured_samples": unmeasured,
               "predicted": [None if not math.isfinite(x) else float(x) for x in predicted]}
-    if unmeasured > MAX_UNMEASURED * len(predicted):  # a heart the judge cannot find is no EF of 0 or of anything
+    if unmeasured > MAX_UNMEASURED_FRACTION * len(predicted):  # an LV the judge cannot find has no EF at all
         log.warning("EF judge found no LV in %d of %d samples: EF adherence not measured", unmeasured, len(predicted))
         predicted = np.full(len(predicted), math.nan)
     return adherence_estimates(predicted, requested, cfg), record

@@ -20,19 +20,19 @@ from typing import Any
 import numpy as np
 
 from echo_core.errors import DataError
+from echo_core.evaluation.competence import MAX_UNMEASURED_FRACTION
 from echo_core.metrics.bootstrap import Estimate, paired_statistic
 
 CLASS_JUDGE_FILE = "class_judge.json"
 LABEL = "class_id"
 METRIC = "class_adherence_accuracy"
-MAX_HELDOUT_UNMEASURED = 0.1  # more held-out real videos than this without a findable LV: not competent
 
 
 def is_competent(competence: dict[str, Any], bar: float) -> bool:
     """Held-out real accuracy at or above `bar`, and the judge found the heart in (nearly) every real video."""
     acc = competence.get("accuracy")
     unmeasured = competence.get("unmeasured", 0) / max(1, competence.get("n", 1))
-    return acc is not None and math.isfinite(acc) and acc >= bar and unmeasured <= MAX_HELDOUT_UNMEASURED
+    return acc is not None and math.isfinite(acc) and acc >= bar and unmeasured <= MAX_UNMEASURED_FRACTION
 
 
 def _fit(prepared: Path, train) -> tuple[Any, int]:

@@ -19,6 +19,11 @@ from echo_core.metrics.bootstrap import mae, paired_statistic, r2
 CI_LEVEL = 0.95
 
 
+# More videos than this fraction in which a judge finds no heart: its numbers say nothing (a judge that cannot
+# find the LV is not competent on real videos, and samples it cannot read are not adherent).
+MAX_UNMEASURED_FRACTION = 0.1
+
+
 def _as_pairs(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
     p, t = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     if p.ndim != 1 or p.shape != t.shape:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from echo_core.errors import DataError
+from echo_core.evaluation.competence import MAX_UNMEASURED_FRACTION
 
 JUDGE_FILE = "ef_judge.json"
 HELDOUT = ("VAL", "TEST")
@@ -69,7 +70,8 @@ def fit_ef_judge(prepared: Path, *, bar: float, seed: int = 0, resamples: int = 
     truth = held["EF"].to_numpy(np.float64)
     measured = np.isfinite(predicted)
     competence = regression_competence(predicted[measured], truth[measured], n_boot=resamples, seed=seed)
-    competent = math.isfinite(competence["r2"]) and competence["r2"] >= bar and (~measured).mean() <= 0.1
+    competent = (math.isfinite(competence["r2"]) and competence["r2"] >= bar
+                 and (~measured).mean() <= MAX_UNMEASURED_FRACTION)
     competence.update({"bar_r2": bar, "competent": bool(competent), "unmeasured": int((~measured).sum()),
                        "n_train": int(ok.sum()), "train_unmeasured": int((~ok).sum()), "judge": "pixel-ef"})
     rows = [{"FileName": n, "EF": float(t), "predicted": None if not math.isfinite(p) else float(p)}
