@@ -42,6 +42,23 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def mlflow_follows_the_environment():
+    """Code under test calls `mlflow.set_tracking_uri`, a process-wide setting that outlives a test's
+    monkeypatched MLFLOW_TRACKING_URI; re-point it at the environment before and after every test so a
+    later test's `MlflowClient()` never reads an earlier test's store (an order-dependent empty history)."""
+    _follow_environment()
+    yield
+    _follow_environment()
+
+
+def _follow_environment() -> None:
+    import sys
+
+    if "mlflow" in sys.modules:  # a test that never imported MLflow does not pay for importing it
+        sys.modules["mlflow"].set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
 @pytest.fixture(scope="module")
 def vae_folder(tmp_path_factory) -> Path:
     """A seeded tiny diffusers VAE (112 px gray → 4×14×14) saved as a folder, scaling factor 0.5."""

@@ -59,6 +59,7 @@ def test_prefect_train_flow_launches_accelerate_and_returns_the_run_id(tmp_path,
 
     from pipelines.flows.train import train
     from pipelines.ops.launch import build_command
+    from pipelines.tracking import tracking_uri
 
     store = write_latent_store(tmp_path / "store")
     params = write_params(tmp_path / "params.yaml")
@@ -68,6 +69,6 @@ def test_prefect_train_flow_launches_accelerate_and_returns_the_run_id(tmp_path,
     assert cmd[1:4] == ["launch", "--config_file", str(repo_root / "infra/accelerate/cpu-1proc.yaml")]
     run_id = train.fn([str(store)], str(tmp_path / "out"), params_path=str(params), profile="cpu-1proc",
                       extra_args=extra)
-    history = MlflowClient().get_metric_history(run_id, "train/loss")
+    history = MlflowClient(tracking_uri()).get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2]
     assert (tmp_path / "out" / "unet_ema" / "lvdm_config.json").is_file()
