@@ -33,6 +33,7 @@ GROUPS = [
     ("evaluate", "FID/FVD/IS/KID and downstream evaluation.", ["evaluate"]),
     ("flow", "Run a Prefect flow: preprocess, encode, train, sample, evaluate, end-to-end.", ["flow"]),
     ("train", "Train the latent video diffusion model.", ["train"]),
+    ("lidm", "Train the latent image diffusion model and sample synthetic hearts.", ["lidm"]),
     ("registry", "Promote, roll back and list registered model versions.", ["registry"]),
     ("ops", "Servers, deployments and scale-out.", ["ops"]),
 ]

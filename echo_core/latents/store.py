@@ -83,12 +83,12 @@ def write_latents(path: str | os.PathLike, latents: torch.Tensor, meta: LatentMe
 
 def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, LatentMeta]:
     """One video's latents (T, C, h, w) and metadata."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.get_tensor(LATENT_KEY), LatentMeta.from_strings(f.metadata() or {})
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
         raise DataError(f"cannot read latent file {path}: {exc}",
                         fix="delete it and re-run `echoforge latents encode` (finished videos are skipped)") from None
 

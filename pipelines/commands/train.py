@@ -12,9 +12,11 @@ re-opens the same MLflow run (its id is kept in OUT/mlflow_run.json).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +50,49 @@ def apply_overrides(section: dict[str, Any], assignments: list[str]) -> dict[str
     return data
 
 
-def resolve_config(params: Path, assignments: list[str], *, max_steps: int | None = None,
-                   seed: int | None = None):
-    """params.yaml `train_lvdm:` + `--set` + the dedicated flags → a validated LvdmTrainConfig."""
+def resolve_section(model_cls, section: str, params: Path, assignments: list[str], *,
+                    max_steps: int | None = None, seed: int | None = None):
+    """params.yaml `<section>:` + `--set` + the dedicated flags → a validated `model_cls` (any trainer task)."""
     from echo_core.config import load_params, validate_config
     from echo_core.errors import ConfigError
-    from echo_core.training.lvdm import LvdmTrainConfig
 
     doc = load_params(params)
-    if SECTION not in doc:
-        raise ConfigError(f"{params} has no '{SECTION}' section", fix=f"add a '{SECTION}:' section (see README)")
-    data = apply_overrides(doc[SECTION] or {}, assignments)
+    if section not in doc:
+        raise ConfigError(f"{params} has no '{section}' section", fix=f"add a '{section}:' section (see README)")
+    data = apply_overrides(doc[section] or {}, assignments)
     if max_steps is not None:
         data.setdefault("optim", {})["max_steps"] = max_steps
     if seed is not None:
         data["seed"] = seed
-    return validate_config(LvdmTrainConfig, data, where=f"{params}:{SECTION}")
+    return validate_config(model_cls, data, where=f"{params}:{section}")
+
+
+def resolve_config(params: Path, assignments: list[str], *, max_steps: int | None = None,
+                   seed: int | None = None):
+    """params.yaml `train_lvdm:` + `--set` + the dedicated flags → a validated LvdmTrainConfig."""
+    from echo_core.training.lvdm import LvdmTrainConfig
+
+    return resolve_section(LvdmTrainConfig, SECTION, params, assignments, max_steps=max_steps, seed=seed)
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, run_name: str, tags: dict[str, str], cfg, out: Path, resume: str | None,
+                config: dict[str, Any], config_name: str) -> Iterator[Any]:
+    """The MLflow run of one training: a resumed trajectory re-opens its run (the id is kept in
+    OUT/mlflow_run.json), changed hyper-parameters start a new one (the loop sets such checkpoints aside).
+    Prints `MLFLOW_RUN_ID=<id>` first (the train flow parses it); every metric is delivered when it closes."""
+    from echo_core.training.checkpoint import trajectory_hash
+    from echo_core.utils.atomic import write_json_atomic
+    from pipelines.tracking import start_run
+
+    run_file, trajectory = out / RUN_FILE, trajectory_hash(cfg)
+    previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
+    run_id = previous.get("run_id") if previous.get("trajectory_hash") == trajectory else None
+    with start_run(experiment, run_name=run_name, tags=tags, run_id=run_id) as tracker:
+        typer.echo(f"MLFLOW_RUN_ID={tracker.run_id}")
+        write_json_atomic(run_file, {"run_id": tracker.run_id, "trajectory_hash": trajectory})
+        tracker.log_dict(config, f"config/{config_name}.json")
+        yield tracker
 
 
 def run_tags(cfg, data: list[Path]) -> dict[str, str]:
@@ -95,25 +124,12 @@ def lvdm(
     if not (is_main and tracking):
         _train(cfg, data, out, resume, vae_model)
         return
-    from echo_core.utils.atomic import write_json_atomic
-    from pipelines.tracking import start_run
-
     tags = run_tags(cfg, data)
-    run_file = out / RUN_FILE
-    from echo_core.training.checkpoint import trajectory_hash
-
-    trajectory = trajectory_hash(cfg)
-    previous = json.loads(run_file.read_text()) if resume and run_file.is_file() else {}
-    # A resumed trajectory continues its MLflow run; changed hyper-parameters start a new run (and a fresh
-    # trajectory: the loop sets such checkpoints aside).
-    run_id = previous.get("run_id") if previous.get("trajectory_hash") == trajectory else None
-    with start_run(EXPERIMENT, run_name=f"lvdm-{cfg.model.name}", tags=tags, run_id=run_id) as tracker:
-        typer.echo(f"MLFLOW_RUN_ID={tracker.run_id}")
-        write_json_atomic(run_file, {"run_id": tracker.run_id, "trajectory_hash": trajectory})
-        tracker.log_dict({"data": [str(d) for d in data], **cfg.model_dump(mode="json")}, f"config/{SECTION}.json")
+    config = {"data": [str(d) for d in data], **cfg.model_dump(mode="json")}
+    with tracked_run(EXPERIMENT, f"lvdm-{cfg.model.name}", tags, cfg, out, resume, config, SECTION) as tracker:
         result = _train(cfg, data, out, resume, vae_model, tracker)
         tracker.flush(timeout=300)
-        if register:
+        if register:  # inside the run: the registered version's source is this run
             _register(result.folder, tags, alias or None, vae, params)
 
 

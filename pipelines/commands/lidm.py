@@ -1,0 +1,121 @@
+"""`echoforge lidm train | sample`: the latent image diffusion model that generates synthetic hearts.
+
+    echoforge lidm train --data outputs/latents/dynamic --tracings outputs/prepared/dynamic/VolumeTracings.csv \\
+        --out outputs/lidm/dynamic
+    echoforge lidm sample --model models:/echo-lidm@dynamic --num-samples 64 --out outputs/hearts/dynamic \\
+        --vae outputs/vae/vae
+
+Training is the one trainer's `lidm` task (also under `accelerate launch`). One registered model, `echo-lidm`,
+holds a version per dataset: each version is tagged `dataset=<name>` and the newest of a dataset carries the
+alias `@<dataset>`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+REGISTERED_NAME = "echo-lidm"
+EXPERIMENT = "echo-lidm"
+SECTION = "train_lidm"
+
+
+def train(
+    data: list[Path] = typer.Option(..., "--data", help="Latent store folder (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: checkpoints/, unet_ema/, train_summary.json."),
+    tracings: list[Path] = typer.Option([], "--tracings", help="VolumeTracings.csv: train on each traced "
+                                        "video's end-diastolic frame (repeatable; else a random frame)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Dataset name for the registry "
+                                       "(default: the first store's folder name)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml; its `train_lidm:` section."),
+    assignments: list[str] = typer.Option([], "--set", help="Override a train_lidm key: dotted.key=value."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Overrides optim.max_steps."),
+    seed: int | None = typer.Option(None, "--seed", help="Overrides train_lidm.seed."),
+    resume: str | None = typer.Option(None, "--resume", help="'latest' or a checkpoint folder."),
+    tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow and register (rank 0)."),
+) -> None:
+    """Train (or resume) the LIDM on the TRAIN frames of latent stores; register it as `echo-lidm@<dataset>`."""
+    from echo_core.training.lidm import LidmTrainConfig
+    from pipelines.commands.train import resolve_section
+
+    cfg = resolve_section(LidmTrainConfig, SECTION, params, assignments, max_steps=max_steps, seed=seed)
+    name = dataset or data[0].name
+    if not (int(os.environ.get("RANK", "0")) == 0 and tracking):
+        _train(cfg, data, out, resume, tracings)
+        return
+    from pipelines.commands.train import tracked_run
+    from pipelines.registry import log_model_folder
+    from pipelines.tracking import lineage_tags
+
+    tags = {**lineage_tags(cfg, data), "dataset": name, "objective": cfg.objective.kind,
+            "conditioning": "class_id" if cfg.conditioning.class_id else "none"}
+    config = {"data": [str(d) for d in data], "tracings": [str(t) for t in tracings], **cfg.model_dump(mode="json")}
+    with tracked_run(EXPERIMENT, f"lidm-{name}", tags, cfg, out, resume, config, SECTION) as tracker:
+        result = _train(cfg, data, out, resume, tracings, tracker)
+        tracker.flush(timeout=300)
+        info = log_model_folder(result.folder, name="lidm", registered_model_name=REGISTERED_NAME, alias=name,
+                                tags=tags)
+    typer.echo(f"registered {info.name} version {info.version} as models:/{info.name}@{name}")
+
+
+def _train(cfg, data: list[Path], out: Path, resume: str | None, tracings: list[Path], tracker=None):
+    from echo_core.training.lidm import train_lidm
+
+    result = train_lidm(cfg, data, out, tracker=tracker, resume=resume, tracings=tracings)
+    if result.is_main:
+        typer.echo(f"trained {result.step} steps on {result.world_size} process(es); EMA model at {result.folder}")
+    return result
+
+
+def sample(
+    model: str = typer.Option(..., "--model", help="LIDM folder or models:/echo-lidm@<dataset>."),
+    num_samples: int = typer.Option(..., "--num-samples", min=1, help="Hearts to generate."),
+    out: Path = typer.Option(..., "--out", help="Heart folder: latents/, images/, FileList.csv."),
+    class_ids: list[int] = typer.Option([], "--class-id", help="Class of the hearts (repeatable: cycled)."),
+    guidance_scale: float = typer.Option(1.0, "--guidance-scale", min=0.0, help="Classifier-free guidance."),
+    seed: int = typer.Option(0, "--seed", help="Heart i gets seed + i."),
+    sampler: str | None = typer.Option(None, "--sampler", help="Default: ddpm (v-DDPM) or heun (flow)."),
+    steps: int = typer.Option(64, "--steps", min=1, help="Sampler steps (the reference LIDM used 64–128)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Hearts per model call."),
+    vae: str | None = typer.Option(None, "--vae", help="VAE folder or models:/echo-vae@alias: also write "
+                                                      "images/<FileName>.jpg (must be the LIDM's VAE)."),
+) -> None:
+    """Generate synthetic hearts (one latent frame each) with an LIDM; resumable, same seed → same heart."""
+    from echo_core.diffusion.samplers import samplers_for
+    from echo_core.generation.lidm_sample import HeartRequest, sample_hearts
+    from echo_core.models.lidm import LidmNet, read_lidm_meta
+    from pipelines.registry import resolve_model_folder
+
+    folder = resolve_model_folder(model)
+    recorded = read_lidm_meta(folder).get("vae", {}).get("sha256") or ""
+    net = LidmNet.from_pretrained(folder)
+    request = HeartRequest(num_samples=num_samples, seed=seed, class_ids=class_ids, guidance_scale=guidance_scale,
+                           sampler=sampler or _default_sampler(samplers_for(net.spec.objective)), steps=steps,
+                           batch_size=batch_size)
+    vae_model = _matching_vae(vae, recorded) if vae else None
+    plan = sample_hearts(net, request, out, vae=vae_model, vae_sha256=recorded)
+    typer.echo(f"{len(plan)} hearts in {out} ({request.sampler}, {steps} steps)")
+
+
+def _default_sampler(allowed: tuple[str, ...]) -> str:
+    return "ddpm" if "ddpm" in allowed else "heun"
+
+
+def _matching_vae(uri: str, recorded: str):
+    from echo_core.errors import WeightsError
+    from echo_core.models.vae import load_vae
+    from pipelines.registry import resolve_model_folder
+
+    vae, info = load_vae(resolve_model_folder(uri))
+    if recorded and info.weights_sha256 != recorded:
+        raise WeightsError(f"--vae {uri} has weights sha256 {info.weights_sha256[:12]}…, but the LIDM models "
+                           f"latents of VAE {recorded[:12]}…",
+                           fix="pass the VAE whose latents the LIDM was trained on (its latent store's manifest)")
+    return vae
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("sample")(sample)
