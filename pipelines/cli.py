@@ -34,6 +34,7 @@ GROUPS = [
     ("flow", "Run a Prefect flow: preprocess, encode, train, sample, evaluate, end-to-end.", ["flow"]),
     ("train", "Train the latent video diffusion model.", ["train"]),
     ("lidm", "Train the latent image diffusion model and sample synthetic hearts.", ["lidm"]),
+    ("synth", "Build fully synthetic, privacy-checked datasets (LIDM -> privacy filter -> LVDM).", ["synth"]),
     ("registry", "Promote, roll back and list registered model versions.", ["registry"]),
     ("ops", "Servers, deployments and scale-out.", ["ops"]),
 ]

@@ -75,11 +75,12 @@ class SamplePlan:
 
 
 def list_frame_sources(folder: str | os.PathLike) -> list[FrameRef]:
-    """Conditioning files of `folder` (or `folder/Latents`), sorted by name; other files are ignored."""
+    """Conditioning files of `folder` (or of its `Latents/`: a latent store; or `latents/`: a heart folder),
+    sorted by name; other files are ignored."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"conditioning folder not found: {root}", fix="pass a latent store or an image folder")
-    search = root / "Latents" if (root / "Latents").is_dir() else root
+    search = next((root / sub for sub in ("Latents", "latents") if (root / sub).is_dir()), root)
     refs = [FrameRef(p, "latent" if p.suffix.lower() in LATENT_SUFFIXES else "image")
             for p in sorted(search.iterdir())
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in LATENT_SUFFIXES + IMAGE_SUFFIXES]
@@ -157,11 +158,9 @@ def plan_samples(num_samples: int, seed: int, cfg: ConditionsConfig, frames: lis
 
 
 def load_latent_frame(path: Path, rule: Literal["first", "random"], seed: int) -> torch.Tensor:
-    """One frame latent (C, h, w) from a (T, C, h, w) video latent or a (C, h, w) frame latent."""
+    """One frame latent (C, h, w) from a (T, C, h, w) video latent or a (C, h, w) frame latent (a heart)."""
     if path.suffix.lower() == ".safetensors":
-        from echo_core.latents.store import read_latents
-
-        latents, _ = read_latents(path)
+        latents = _read_safetensors_latent(path)
     else:
         try:
             latents = torch.load(path, map_location="cpu", weights_only=True)
@@ -175,6 +174,21 @@ def load_latent_frame(path: Path, rule: Literal["first", "random"], seed: int) -
         return latents.float()
     index = 0 if rule == "first" else int(np.random.default_rng([seed, 2]).integers(latents.shape[0]))
     return latents[index].float()
+
+
+def _read_safetensors_latent(path: Path) -> torch.Tensor:
+    """A latent store's video (tensor "latents") or a heart folder's frame (tensor "latent")."""
+    from safetensors import safe_open
+
+    from echo_core.generation.hearts import HEART_KEY, read_heart
+    from echo_core.latents.store import read_latents
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            is_heart = HEART_KEY in f.keys()  # noqa: SIM118 (safe_open is not a mapping)
+    except Exception:  # unreadable: read_latents names the file and the fix
+        is_heart = False
+    return read_heart(path)[0] if is_heart else read_latents(path)[0]
 
 
 def load_image(path: Path, size: int) -> np.ndarray:

@@ -12,14 +12,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 
+from echo_core.config import StrictModel
 from echo_core.data.filelist import write_filelist
-from echo_core.diffusion.samplers import check_sampler, sample_image
+from echo_core.diffusion.samplers import check_sampler, sample_image, samplers_for
 from echo_core.errors import DataError, UsageError
 from echo_core.generation.hearts import (
     HEART_SHAPE,
@@ -32,6 +34,16 @@ from echo_core.generation.hearts import (
 from echo_core.models.lidm import LidmNet
 from echo_core.utils.atomic import atomic_path
 from echo_core.utils.progress import progress
+
+
+class HeartSampling(StrictModel):
+    """`sample_lidm:` in params.yaml: how hearts are sampled (the reference: DDPM, 64–128 steps)."""
+
+    num_samples: int = Field(64, ge=1)  # the LIDM's own FD/IS sample (the reference: 50k-100k on GPUs)
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m", "euler", "heun"] | None = None  # None: ddpm, or heun for flow
+    steps: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    guidance_scale: float = Field(1.0, ge=0.0)  # class-conditioned LIDMs only (EchoDream: 5)
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,20 @@ class HeartRequest:
         if self.class_ids:
             rows["class_id"] = [int(self.class_ids[i % len(self.class_ids)]) for i in range(self.num_samples)]
         return rows
+
+
+def heart_request(net: LidmNet, sampling: HeartSampling, *, num_samples: int, seed: int = 0,
+                  class_ids: Sequence[int] = (), guidance_scale: float | None = None) -> HeartRequest:
+    """The request for `num_samples` hearts: a class-conditioned LIDM cycles over `class_ids` (default:
+    all its classes) under the sampling's guidance; an explicit `guidance_scale` wins."""
+    cond = net.spec.conditioning
+    ids = list(class_ids) or (list(range(cond.num_classes)) if cond.class_id else [])
+    default_guidance = sampling.guidance_scale if cond.class_id else 1.0
+    allowed = samplers_for(net.spec.objective)
+    return HeartRequest(num_samples=num_samples, seed=seed, class_ids=ids,
+                        guidance_scale=default_guidance if guidance_scale is None else guidance_scale,
+                        sampler=sampling.sampler or ("ddpm" if "ddpm" in allowed else "heun"),
+                        steps=sampling.steps, batch_size=sampling.batch_size)
 
 
 def check_request(net: LidmNet, request: HeartRequest) -> None:

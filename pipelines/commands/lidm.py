@@ -19,7 +19,7 @@ import typer
 
 REGISTERED_NAME = "echo-lidm"
 EXPERIMENT = "echo-lidm"
-SECTION = "train_lidm"
+SECTION_PREFIX = "train_lidm_"
 
 
 def train(
@@ -29,8 +29,10 @@ def train(
                                         "video's end-diastolic frame (repeatable; else a random frame)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset name for the registry "
                                        "(default: the first store's folder name)."),
-    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml; its `train_lidm:` section."),
-    assignments: list[str] = typer.Option([], "--set", help="Override a train_lidm key: dotted.key=value."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml with the LIDM's section."),
+    section: str | None = typer.Option(None, "--section", help="The params.yaml section (default: "
+                                       "train_lidm_<dataset>: one LIDM per dataset, each its own recipe)."),
+    assignments: list[str] = typer.Option([], "--set", help="Override a key of the section: dotted.key=value."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Overrides optim.max_steps."),
     seed: int | None = typer.Option(None, "--seed", help="Overrides train_lidm.seed."),
     resume: str | None = typer.Option(None, "--resume", help="'latest' or a checkpoint folder."),
@@ -40,8 +42,9 @@ def train(
     from echo_core.training.lidm import LidmTrainConfig
     from pipelines.commands.train import resolve_section
 
-    cfg = resolve_section(LidmTrainConfig, SECTION, params, assignments, max_steps=max_steps, seed=seed)
     name = dataset or data[0].name
+    section = section or f"{SECTION_PREFIX}{name}"
+    cfg = resolve_section(LidmTrainConfig, section, params, assignments, max_steps=max_steps, seed=seed)
     if not (int(os.environ.get("RANK", "0")) == 0 and tracking):
         _train(cfg, data, out, resume, tracings)
         return
@@ -52,7 +55,7 @@ def train(
     tags = {**lineage_tags(cfg, data), "dataset": name, "objective": cfg.objective.kind,
             "conditioning": "class_id" if cfg.conditioning.class_id else "none"}
     config = {"data": [str(d) for d in data], "tracings": [str(t) for t in tracings], **cfg.model_dump(mode="json")}
-    with tracked_run(EXPERIMENT, f"lidm-{name}", tags, cfg, out, resume, config, SECTION) as tracker:
+    with tracked_run(EXPERIMENT, f"lidm-{name}", tags, cfg, out, resume, config, section) as tracker:
         result = _train(cfg, data, out, resume, tracings, tracker)
         tracker.flush(timeout=300)
         info = log_model_folder(result.folder, name="lidm", registered_model_name=REGISTERED_NAME, alias=name,
@@ -71,39 +74,55 @@ def _train(cfg, data: list[Path], out: Path, resume: str | None, tracings: list[
 
 def sample(
     model: str = typer.Option(..., "--model", help="LIDM folder or models:/echo-lidm@<dataset>."),
-    num_samples: int = typer.Option(..., "--num-samples", min=1, help="Hearts to generate."),
+    num_samples: int | None = typer.Option(None, "--num-samples", min=1, help="Hearts to generate "
+                                           "(default: sample_lidm.num_samples)."),
     out: Path = typer.Option(..., "--out", help="Heart folder: latents/, images/, FileList.csv."),
-    class_ids: list[int] = typer.Option([], "--class-id", help="Class of the hearts (repeatable: cycled)."),
-    guidance_scale: float = typer.Option(1.0, "--guidance-scale", min=0.0, help="Classifier-free guidance."),
+    class_ids: list[int] = typer.Option([], "--class-id", help="Class of the hearts (repeatable, cycled; "
+                                        "default: every class of a class-conditioned LIDM)."),
+    guidance_scale: float | None = typer.Option(None, "--guidance-scale", min=0.0, help="Classifier-free "
+                                                "guidance (default: sample_lidm.guidance_scale)."),
     seed: int = typer.Option(0, "--seed", help="Heart i gets seed + i."),
-    sampler: str | None = typer.Option(None, "--sampler", help="Default: ddpm (v-DDPM) or heun (flow)."),
-    steps: int = typer.Option(64, "--steps", min=1, help="Sampler steps (the reference LIDM used 64–128)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Hearts per model call."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml; its `sample_lidm:` section."),
+    sampler: str | None = typer.Option(None, "--sampler", help="ddpm | ddim | dpmpp_2m (v-DDPM); euler | heun (flow)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Sampler steps."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Hearts per model call."),
     vae: str | None = typer.Option(None, "--vae", help="VAE folder or models:/echo-vae@alias: also write "
                                                       "images/<FileName>.jpg (must be the LIDM's VAE)."),
 ) -> None:
     """Generate synthetic hearts (one latent frame each) with an LIDM; resumable, same seed → same heart."""
-    from echo_core.diffusion.samplers import samplers_for
-    from echo_core.generation.lidm_sample import HeartRequest, sample_hearts
+    from echo_core.generation.lidm_sample import heart_request, sample_hearts
+
+    net, recorded = open_lidm(model)
+    sampling = heart_sampling(params, num_samples=num_samples, sampler=sampler, steps=steps, batch_size=batch_size)
+    request = heart_request(net, sampling, num_samples=sampling.num_samples, seed=seed, class_ids=class_ids,
+                            guidance_scale=guidance_scale)
+    vae_model = matching_vae(vae, recorded) if vae else None
+    plan = sample_hearts(net, request, out, vae=vae_model, vae_sha256=recorded)
+    typer.echo(f"{len(plan)} hearts in {out} ({request.sampler}, {request.steps} steps)")
+
+
+def open_lidm(model: str):
+    """(the LIDM in eval mode, the sha256 of the VAE whose latents it models) from a folder or models:/ URI."""
     from echo_core.models.lidm import LidmNet, read_lidm_meta
     from pipelines.registry import resolve_model_folder
 
     folder = resolve_model_folder(model)
     recorded = read_lidm_meta(folder).get("vae", {}).get("sha256") or ""
-    net = LidmNet.from_pretrained(folder)
-    request = HeartRequest(num_samples=num_samples, seed=seed, class_ids=class_ids, guidance_scale=guidance_scale,
-                           sampler=sampler or _default_sampler(samplers_for(net.spec.objective)), steps=steps,
-                           batch_size=batch_size)
-    vae_model = _matching_vae(vae, recorded) if vae else None
-    plan = sample_hearts(net, request, out, vae=vae_model, vae_sha256=recorded)
-    typer.echo(f"{len(plan)} hearts in {out} ({request.sampler}, {steps} steps)")
+    return LidmNet.from_pretrained(folder), recorded
 
 
-def _default_sampler(allowed: tuple[str, ...]) -> str:
-    return "ddpm" if "ddpm" in allowed else "heun"
+def heart_sampling(params: Path, **overrides):
+    """`sample_lidm:` of params.yaml (defaults where the file or section is absent) + the given flags."""
+    from echo_core.config import load_params, load_section, validate_config
+    from echo_core.generation.lidm_sample import HeartSampling
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if params.is_file() and "sample_lidm" in load_params(params):
+        return load_section(HeartSampling, "sample_lidm", params, given)
+    return validate_config(HeartSampling, given, where="lidm sample options")
 
 
-def _matching_vae(uri: str, recorded: str):
+def matching_vae(uri: str, recorded: str):
     from echo_core.errors import WeightsError
     from echo_core.models.vae import load_vae
     from pipelines.registry import resolve_model_folder

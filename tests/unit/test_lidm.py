@@ -32,7 +32,7 @@ def project(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lidm")
     store = write_heart_store(root / "store")
-    (root / "params.yaml").write_text(yaml.safe_dump({"train_lidm": tiny_lidm_section(
+    (root / "params.yaml").write_text(yaml.safe_dump({"train_lidm_toy": tiny_lidm_section(
         optim={"lr": 2e-3, "warmup_steps": 5, "batch_size": 8, "max_steps": TRAIN_STEPS})}))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
@@ -134,7 +134,6 @@ def test_the_cli_samples_a_registered_version_and_refuses_bad_requests(project, 
     assert [p.name for p in list_hearts(project / "cli_hearts")] == ["heart_000000.safetensors",
                                                                       "heart_000001.safetensors"]
     for args, error, words in (
-        ([], UsageError, "class-conditioned"),
         (["--class-id", "5"], UsageError, "outside"),
         (["--class-id", "0", "--sampler", "ddpm"], UsageError, "does not fit"),
     ):
