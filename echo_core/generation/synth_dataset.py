@@ -43,6 +43,7 @@ class SynthConfig(StrictModel):
     splits: str = "TRAIN=0.8,VAL=0.1,TEST=0.1"
     hearts_per_video: float = Field(2.0, ge=1.0)  # first round of candidates (the reference: "usually 2×")
     max_hearts_per_video: float = Field(16.0, ge=1.0)  # give up past this many candidates per video
+    sample: dict[str, Any] = Field(default_factory=dict)  # LVDM sampler overrides of `sample:` (sampler, steps, ...)
 
     @model_validator(mode="after")
     def _ef_range_valid(self) -> SynthConfig:

@@ -99,7 +99,8 @@ def _animate(cfg, hearts, data: Path, lvdm: str, vae: str | None, params: Path, 
 
     conditions = video_conditions(hearts, cfg, seed, _real_train_efs(data))
     write_filelist(conditions, work / "conditions.csv")
-    overrides = {"num_samples": len(hearts), "num_frames": cfg.num_frames, "formats": [VIDEO_FORMAT[cfg.kind]],
+    overrides = {**cfg.sample, "num_samples": len(hearts), "num_frames": cfg.num_frames,
+                 "formats": [VIDEO_FORMAT[cfg.kind]],
                  "conditions": {"csv": str(work / "conditions.csv")}, "seed": seed, "cond_frame": "first"}
     has_section = params.is_file() and "sample" in load_params(params)
     sample_cfg = load_section(SampleConfig, "sample", params, overrides) if has_section else \
