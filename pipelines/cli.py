@@ -35,6 +35,7 @@ GROUPS = [
     ("train", "Train the latent video diffusion model.", ["train"]),
     ("lidm", "Train the latent image diffusion model and sample synthetic hearts.", ["lidm"]),
     ("synth", "Build fully synthetic, privacy-checked datasets (LIDM -> privacy filter -> LVDM).", ["synth"]),
+    ("privacy", "Re-identification model, privacy filter, memorisation audit.", ["privacy"]),
     ("registry", "Promote, roll back and list registered model versions.", ["registry"]),
     ("ops", "Servers, deployments and scale-out.", ["ops"]),
 ]

@@ -19,8 +19,10 @@ KNOWN_LIMITS = [
     "Videos longer than the training clip are made by overlapping-window joint denoising; motion can drift "
     "over long horizons.",
     "Conditioning (EF, class, text) is followed approximately; check adherence metrics before relying on it.",
-    "No privacy filter was run on this version's outputs (no re-identification check against training "
-    "patients exists yet): generated videos can reproduce training data features and are not de-identified.",
+    "Videos served or sampled from this version are NOT privacy-checked: animating a real patient's frame "
+    "reproduces that patient. Only datasets built with `echoforge synth build` are (LIDM hearts kept only when "
+    "the re-identification model links none to a training patient; see each build's privacy_scores.csv), and "
+    "the filter bounds re-identification by that model, not every possible attack.",
     "The default conditioning frame is a synthetic phantom, not anatomy of a real patient.",
 ]
 
