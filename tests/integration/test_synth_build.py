@@ -36,7 +36,10 @@ def parts(tmp_path_factory):
     lidm = train_lidm(LidmTrainConfig.model_validate(tiny_lidm_section(
         conditioning={"class_id": False}, optim={"lr": 2e-3, "warmup_steps": 2, "batch_size": 8, "max_steps": 10})),
         [store], root / "lidm").folder
-    reid = train_reid(ReidTrainConfig(**tiny_reid_section()), [store], root / "privacy").folder
+    # a briefly trained re-identification net: the filter's decisions are tested in test_privacy.py
+    reid_cfg = tiny_reid_section(optim={"lr": 1e-3, "warmup_steps": 5, "batch_size": 32, "max_steps": 40},
+                                 checkpoint={"every": 40, "total_limit": 1})
+    reid = train_reid(ReidTrainConfig(**reid_cfg), [store], root / "privacy").folder
     calibrate(reid, [store], PrivacyConfig(frames_per_video=4))
     (root / "params.yaml").write_text(yaml.safe_dump({"synth": {"dynamic": SYNTH},
                                                       "sample_lidm": {"sampler": "euler", "steps": 4}}))
