@@ -19,7 +19,6 @@ Folder (`LidmNet.save_pretrained` → `LidmNet.from_pretrained`):
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,8 +31,7 @@ from torch import nn
 
 from echo_core.config import StrictModel
 from echo_core.diffusion.objectives import DDPMObjectiveConfig, ObjectiveConfig
-from echo_core.errors import WeightsError
-from echo_core.models.loading import load_pretrained
+from echo_core.models.loading import load_pretrained, read_folder_meta
 from echo_core.models.unet import LATENT_CHANNELS, LATENT_PAD
 from echo_core.utils.atomic import write_json_atomic
 
@@ -168,16 +166,9 @@ class LidmNet(nn.Module):
 
 def read_lidm_meta(folder: str | os.PathLike) -> dict[str, Any]:
     """lidm_config.json of an LIDM folder; a WeightsError naming the folder when it is not one."""
-    path = Path(folder) / LIDM_CONFIG_FILE
-    if not path.is_file():
-        raise WeightsError(f"{folder} is not an LIDM folder: {LIDM_CONFIG_FILE} is missing",
-                           fix="pass the folder written by `echoforge lidm train` (OUT/unet_ema) or a "
-                               "models:/echo-lidm-<dataset>@alias URI")
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta.get("format") != LIDM_FORMAT:
-        raise WeightsError(f"{path} has format {meta.get('format')!r}, expected {LIDM_FORMAT!r}",
-                           fix="re-export the model with this version of echoforge")
-    return meta
+    return read_folder_meta(folder, LIDM_CONFIG_FILE, LIDM_FORMAT, what="an LIDM",
+                            fix="pass the folder written by `echoforge lidm train` (OUT/unet_ema) or a "
+                                "models:/echo-lidm@<dataset> URI")
 
 
 def build_lidm_net(spec: LidmSpec) -> LidmNet:

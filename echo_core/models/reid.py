@@ -19,7 +19,6 @@ Folder format (`save_pretrained` / `from_pretrained`):
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from echo_core.errors import WeightsError
+from echo_core.models.loading import read_folder_meta
 from echo_core.utils.atomic import atomic_path, write_json_atomic
 
 REID_FORMAT = "echoforge-reid/1"
@@ -180,15 +180,8 @@ class ReidNet(nn.Module):
 
 
 def read_reid_meta(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / REID_CONFIG_FILE
-    if not path.is_file():
-        raise WeightsError(f"{folder} is not a re-identification model folder (no {REID_CONFIG_FILE})",
-                           fix="pass the folder written by `echoforge privacy train` (outputs/privacy/<ds>/reid)")
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta.get("format") != REID_FORMAT:
-        raise WeightsError(f"{path} has format {meta.get('format')!r}, expected {REID_FORMAT!r}",
-                           fix="re-train it with `echoforge privacy train`")
-    return meta
+    return read_folder_meta(folder, REID_CONFIG_FILE, REID_FORMAT, what="a re-identification model",
+                            fix="pass the folder written by `echoforge privacy train` (outputs/privacy/<ds>/reid)")
 
 
 def build_reid_net(variant: str) -> ReidNet:
