@@ -102,4 +102,5 @@ def exec_server(cfg: MlflowServerConfig, env: Mapping[str, str]) -> None:
     """Replace this process by the server, so signals (Ctrl-C, SIGTERM from a supervisor) reach it directly."""
     prepare_local_store(cfg)
     cmd = server_command(cfg)
-    os.execve(cmd[0], cmd, dict(env))
+    # The platform runs no MLflow server jobs (GenAI job runner): do not start a second MLflow process for them.
+    os.execve(cmd[0], cmd, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **env})

@@ -37,7 +37,7 @@ def project(tmp_path: Path) -> Path:
 def test_dask_fanout_matches_the_sequential_path(project: Path, monkeypatch):
     from pipelines.flows.preprocess import preprocess
 
-    with dask_behind_prefect(project / "prefect-home", monkeypatch) as dask:
+    with dask_behind_prefect(monkeypatch) as dask:
         # the address a deployment passes in ECHOFORGE_DASK_ADDRESS selects the same runner
         assert runner_settings({"ECHOFORGE_DASK_ADDRESS": dask.address}) == ("dask", 2, dask.address)
         done = preprocess.with_options(task_runner=dask.runner)(params_path=str(project / "params.yaml"),

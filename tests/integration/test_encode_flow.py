@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_encode_flow_encodes_and_skips_on_rerun(tmp_path: Path):
-    from prefect.testing.utilities import prefect_test_harness
+    from support.servers import prefect_api
 
     from pipelines.flows.encode import encode
 
@@ -27,7 +27,7 @@ def test_encode_flow_encodes_and_skips_on_rerun(tmp_path: Path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"datasets": {"toy": {}}, "encode": {"mode": "mean", "dtype": "float32"}}))
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_api():
         first = encode(str(tmp_path / "vae"), None, str(params), str(tmp_path / "outputs"))
         before = sha256_tree(tmp_path / "outputs" / "latents" / "toy" / "Latents")
         second = encode(str(tmp_path / "vae"), None, str(params), str(tmp_path / "outputs"))

@@ -67,9 +67,9 @@ def _digests(store: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="class")
 def harness():
-    from prefect.testing.utilities import prefect_test_harness
+    from support.servers import prefect_api
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_api():
         yield
 
 
@@ -133,7 +133,7 @@ def test_dask_local_cluster_shards_equal_the_sequential_shards(vae_folder, tmp_p
 
     dataset, params = _project(tmp_path, bad="video_003")
     # bits depend on torch's thread count: one per worker, as the in-process reference below uses
-    with dask_behind_prefect(tmp_path / "prefect-home", monkeypatch, {"OMP_NUM_THREADS": "1"}) as dask:
+    with dask_behind_prefect(monkeypatch, {"OMP_NUM_THREADS": "1"}) as dask:
         done = encode.with_options(task_runner=dask.runner)(str(vae_folder), None, str(params), str(tmp_path),
                                                             shards=2)["toy"]
     workers = dask.workers("encode_shard_task")

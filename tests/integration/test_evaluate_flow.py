@@ -91,7 +91,7 @@ def _champion(name: str) -> str | None:
 
 
 def test_evaluate_flow_tags_version_and_gate_moves_champion(project: Path, monkeypatch):
-    from prefect.testing.utilities import prefect_test_harness
+    from support.servers import prefect_api
 
     from pipelines.cli import app
     from pipelines.flows.end_to_end import promote_version
@@ -102,7 +102,7 @@ def test_evaluate_flow_tags_version_and_gate_moves_champion(project: Path, monke
     bundle = make_bundle(project / "bundle")
     v1, v2 = _register(bundle, MODEL), _register(bundle, MODEL)
     runner = CliRunner()
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_api():
         first = evaluate(MODEL, v1, None, "params.yaml", "outputs", "metrics")
         v1_files = json.loads((project / "metrics" / "evaluate.json").read_text())
         cli = runner.invoke(app, ["evaluate", "run", "--model", MODEL, "--version", "candidate"])  # = v2

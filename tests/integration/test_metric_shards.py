@@ -185,13 +185,13 @@ def _assert_same_measurement(sharded: dict, sequential: dict, ratios: bool = Tru
 
 @pytest.mark.slow  # the test harness starts a Prefect server (~15 s)
 def test_prefect_thread_runner_shards_equal_sequential(trees, tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
+    from support.servers import prefect_api
 
     from pipelines.ops.scaleout import task_runner
 
     plan, cfg = _evaluation_inputs(trees, tmp_path)
     sequential = dataset_metrics(plan, cfg)  # the plain function: today's single-process path
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_api():
         out = _measure.with_options(task_runner=task_runner("thread", 2))(plan, cfg, 2)
         states = _extract_task_states(out["flow_run_id"], 16)
     _assert_same_measurement(out["measured"], sequential)
@@ -206,7 +206,7 @@ def test_dask_cluster_shards_equal_sequential(trees, tmp_path, monkeypatch):
 
     plan, cfg = _evaluation_inputs(trees, tmp_path, ratios=False)  # 4 extractions x 2 shards: time is server-bound
     sequential = dataset_metrics(plan, cfg)
-    with dask_behind_prefect(tmp_path / "prefect-home", monkeypatch) as dask:
+    with dask_behind_prefect(monkeypatch) as dask:
         out = _measure.with_options(task_runner=dask.runner)(plan, cfg, 2)
         states = _extract_task_states(out["flow_run_id"], 8)
     workers = dask.workers()  # the flow submits only extract-features shards

@@ -43,12 +43,12 @@ class FlowRuns:
 @pytest.fixture(scope="module")
 def flow_runs(project: Path) -> FlowRuns:
     """The flow run twice on the project under a real temporary Prefect server (the re-run must reuse it all)."""
-    from prefect.testing.utilities import prefect_test_harness
+    from support.servers import prefect_api
 
     from pipelines.flows.preprocess import preprocess
 
     params, out = str(project / "params.yaml"), str(project / "outputs")
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_api():
         first = preprocess(params_path=params, out_root=out)
         prepared_hash = sha256_tree(Path(first["dynamic"]["prepared"]))
         second = preprocess(params_path=params, out_root=out)

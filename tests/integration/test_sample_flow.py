@@ -32,14 +32,14 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_sample_flow_generates_then_skips(tmp_path: Path, registered):
-    from prefect.testing.utilities import prefect_test_harness
+    from support.servers import prefect_api
 
     from pipelines.flows.sample import sample
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"sample": SAMPLE}))
     out = tmp_path / "outputs" / "samples" / "flow"
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_api():
         first = sample(MODEL_URI, str(out), str(params))
         written = {p.name: p.stat().st_mtime_ns for p in (out / "mp4").iterdir()}
         second = sample(MODEL_URI, str(out), str(params))

@@ -68,9 +68,9 @@ def project(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def harness(project):
-    from prefect.testing.utilities import prefect_test_harness
+    from support.servers import prefect_api
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_api():
         yield
 
 
@@ -92,7 +92,7 @@ def test_dask_cluster_shards_match_the_sequential_path(project, monkeypatch):
 
     root, params, sequential = project
     out = root / "dask"
-    with dask_behind_prefect(root / "prefect-home", monkeypatch) as dask:
+    with dask_behind_prefect(monkeypatch) as dask:
         result = sample.with_options(task_runner=dask.runner)(MODEL_URI, str(out), str(params), track=False,
                                                               shards=2)
     # only the shard tasks go through the runner (start and finish run in the flow's own process)

@@ -1,5 +1,7 @@
-"""`mlflow models serve -m models:/echo-lvdm@champion --env-manager local` with a tiny real bundle: valid
-requests return a playable mp4; invalid ones get HTTP 400 with a clear message (never a 500)."""
+"""`mlflow models serve -m models:/echo-lvdm@champion --env-manager local` with a tiny real bundle that carries
+a heart generator (tiny LIDM + calibrated re-identification net): valid requests return a playable mp4, `{"ef": 55}`
+alone is animated from a privacy-checked synthetic heart; invalid ones get HTTP 400 with a clear message
+(never a 500). The generator's refusals and the default-frame path: test_serving_hearts.py."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.tiny_hearts import make_heart_generator, set_tau
 from support.tiny_lvdm import make_lvdm_folder, make_vae_folder
 
 from echo_core.data.video import probe_video
@@ -79,13 +82,18 @@ def server(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     from echo_core.generation.requests import ServingLimits
-    from pipelines.serving.register import register_serving_model
+    from pipelines.serving.hearts import HeartServing
+    from pipelines.serving.register import HeartSpec, register_serving_model
     from pipelines.tracking import tracking_uri
 
     root = tmp_path_factory.mktemp("serve")
     limits = ServingLimits(max_frames=8, max_steps=4, default_frames=4, default_steps=2)
-    info = register_serving_model(make_lvdm_folder(root / "lvdm"), make_vae_folder(root / "vae"),
-                                  alias="candidate", tags={"data_dvc_hash": "md5:test"}, limits=limits)
+    vae = make_vae_folder(root / "vae")
+    lidm, reid = make_heart_generator(root, vae)
+    # tau = 1: every heart passes (the refusals are tested on the pyfunc in test_serving_hearts.py)
+    hearts = HeartSpec(lidm, set_tau(reid, 1.0), HeartServing(max_tries=2, steps=2))
+    info = register_serving_model(make_lvdm_folder(root / "lvdm"), vae, alias="candidate",
+                                  tags={"data_dvc_hash": "md5:test"}, limits=limits, hearts=hearts)
     MlflowClient(tracking_uri()).set_registered_model_alias("echo-lvdm", "champion", info.version)
     port = _free_port()
     # mlflow execs `uvicorn` by name: the venv's bin must be on PATH (as it is in an activated venv)
@@ -112,6 +120,30 @@ def test_valid_request_returns_a_playable_mp4(server, tmp_path):
     info = probe_video(video, count=True)
     assert (info.num_frames, info.height, info.width) == (4, 112, 112)
     assert info.fps == pytest.approx(25.0) and row["fps"] == pytest.approx(25.0) and row["seed"] == 3
+
+
+def test_ef_alone_is_animated_from_a_privacy_checked_synthetic_heart(server):
+    port, _ = server
+    body = {"dataframe_records": [{"ef": 55}], "params": {"num_frames": 4, "num_inference_steps": 2, "seed": 5}}
+    status, first = _post(port, body)
+    assert status == 200, first
+    row = first["predictions"][0]
+    check = row["privacy"]
+    assert row["heart"] == "synthetic" and row["seed"] == 5
+    assert check["passed"] is True and check["tau"] == 1.0 and check["max_correlation"] < 1.0
+    assert check["tries"] == 1 and check["heart_seed"] == 5
+    again = _post(port, body)[1]["predictions"][0]
+    assert again["video"] == row["video"] and again["privacy"] == check  # same seed → same heart → same bytes
+    other = _post(port, {**body, "params": {**body["params"], "seed": 6}})[1]["predictions"][0]
+    assert other["video"] != row["video"] and other["privacy"]["heart_seed"] == 6
+
+
+def test_a_request_frame_is_animated_as_given_and_not_called_checked(server):
+    port, _ = server
+    status, body = _post(port, {"dataframe_records": [{"ef": 55, "conditioning_frame": _png(112)}],
+                                "params": {"num_frames": 4, "num_inference_steps": 2}})
+    assert status == 200, body
+    assert body["predictions"][0]["heart"] == "request" and body["predictions"][0]["privacy"] is None
 
 
 def _png(size: int) -> str:
@@ -145,3 +177,4 @@ def test_version_carries_the_model_card(server):
     _, info = server
     tags = MlflowClient(tracking_uri()).get_model_version("echo-lvdm", info.version).tags
     assert tags["card.intended_use"].startswith("research only") and tags["card.training_data_version"] == "md5:test"
+    assert tags["heart_generator"] == "lidm+privacy" and "SYNTHETIC heart" in tags["card.privacy"]

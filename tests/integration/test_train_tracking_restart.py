@@ -4,58 +4,20 @@ every metric point arrives, artifacts are logged and the EMA UNet is registered 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from support.lvdm_data import tiny_train_section, write_latent_store
+from support.servers import Processes, start_mlflow_server
 
 from echo_core.training.checkpoint import list_checkpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 MAX_STEPS = 12
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_server(tmp: Path, port: int) -> subprocess.Popen:
-    mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-           "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    # Own session: the server spawns uvicorn workers, so it is stopped as a process group.
-    server = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    _stop(server)
-    raise AssertionError("mlflow server did not become healthy")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
 
 
 def test_training_survives_a_tracking_server_restart(tmp_path, repo_root):
@@ -64,23 +26,23 @@ def test_training_survives_a_tracking_server_restart(tmp_path, repo_root):
     params.write_text(yaml.safe_dump({"train_lvdm": tiny_train_section(
         optim={"lr": 2e-3, "warmup_steps": 2, "batch_size": 2, "max_steps": MAX_STEPS},
         checkpoint={"every": 3, "total_limit": 1}, validation={"every": 6, "num_samples": 1, "steps": 2})}))
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1",
+    procs = Processes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).with_name("echoforge")), "train", "lvdm", "--data", str(store),
            "--out", str(out), "--params", str(params)]
-    server = _start_server(tmp_path, port)
     training = None
     try:
+        server, uri = start_mlflow_server(procs, tmp_path)
+        env["MLFLOW_TRACKING_URI"] = uri
         training = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
         deadline = time.monotonic() + 240
         while not list_checkpoints(out / "checkpoints") and time.monotonic() < deadline:
             assert training.poll() is None, training.communicate()[1][-3000:]
             time.sleep(0.1)
-        _stop(server)  # mid-run: metrics, an EMA export and a validation video are logged while it is down
+        server.stop(grace=5)  # mid-run: metrics, an EMA export and a validation video are logged while it is down
         down_at = list_checkpoints(out / "checkpoints")[-1][0]
         # Training goes on without the server: a newer checkpoint appears (or, if it had already reached the
         # end, it waits alive for its queued calls to be delivered).
@@ -89,14 +51,14 @@ def test_training_survives_a_tracking_server_restart(tmp_path, repo_root):
             time.sleep(0.1)
         assert training.poll() is None, training.communicate()[1][-3000:]
         time.sleep(3)
-        server = _start_server(tmp_path, port)
+        start_mlflow_server(procs, tmp_path, port=int(uri.rsplit(":", 1)[1]))
         stdout, stderr = training.communicate(timeout=300)
         assert training.returncode == 0, stderr[-3000:]
         _check_run(uri, stdout, stderr)  # read back from the restarted server
     finally:
         if training is not None and training.poll() is None:
             training.kill()
-        _stop(server)
+        procs.stop_all()
 
 
 def _check_run(uri: str, stdout: str, stderr: str) -> None:

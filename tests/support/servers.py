@@ -191,34 +191,63 @@ class DaskStack:
         return {event["worker"] for event in self.stream.buffer if key_part in str(event["key"])}
 
 
+_SHARED = Processes()
+_SHARED_PREFECT: list[PrefectServer] = []
+
+
+def shared_prefect_server() -> PrefectServer:
+    """One real `prefect server` per test process (xdist worker), started on first use and stopped by
+    `stop_shared_servers` at the end of the session. Each start costs ~18 s of 2 cores, and ten test files
+    need a server only to report flow and task states to: one start per worker instead of one per file."""
+    if not _SHARED_PREFECT:
+        home = Path(os.environ["PREFECT_HOME"]).parent / f"shared-prefect-{os.getpid()}"
+        _SHARED_PREFECT.append(start_prefect_server(_SHARED, home))
+    return _SHARED_PREFECT[0]
+
+
+def stop_shared_servers() -> None:
+    _SHARED_PREFECT.clear()
+    _SHARED.stop_all()
+
+
 @contextlib.contextmanager
-def dask_behind_prefect(home: Path, monkeypatch, worker_env: Mapping[str, str] | None = None,
-                        ) -> Iterator[DaskStack]:
-    """A real `prefect server` and a real dask.distributed LocalCluster (2 worker processes, 1 thread each)
-    whose workers report task states to it; the body runs with PREFECT_API_URL set. Everything is stopped
-    on exit, after Prefect's event/log workers are drained."""
+def prefect_api() -> Iterator[PrefectServer]:
+    """What `prefect_test_harness` gives a test (flows run against a real, temporary Prefect server), on the
+    shared server: this process's Prefect settings point at it inside the block; its event and log workers
+    are drained before the block ends. Flow runs are found by id, so the shared database isolates tests."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = shared_prefect_server()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        try:
+            yield server
+        finally:
+            drain_prefect_workers()
+
+
+@contextlib.contextmanager
+def dask_behind_prefect(monkeypatch, worker_env: Mapping[str, str] | None = None) -> Iterator[DaskStack]:
+    """The shared `prefect server` and a real dask.distributed LocalCluster (2 worker processes, 1 thread
+    each) whose workers report task states to it; the body runs with PREFECT_API_URL set. The cluster is
+    stopped on exit, after Prefect's event/log workers are drained."""
     from distributed import LocalCluster
     from distributed.diagnostics.task_stream import TaskStreamPlugin
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pipelines.ops.scaleout import task_runner
 
-    procs, cluster = Processes(), None
+    cluster = None
     try:
-        server = start_prefect_server(procs, home)
-        monkeypatch.setenv("PREFECT_API_URL", server.api_url)  # worker processes inherit the environment
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, env=dict(worker_env or {}))
-        stream = TaskStreamPlugin(cluster.scheduler)
-        cluster.scheduler.add_plugin(stream)
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with prefect_api() as server:
+            monkeypatch.setenv("PREFECT_API_URL", server.api_url)  # worker processes inherit the environment
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, env=dict(worker_env or {}))
+            stream = TaskStreamPlugin(cluster.scheduler)
+            cluster.scheduler.add_plugin(stream)
             yield DaskStack(task_runner("dask", address=cluster.scheduler_address), cluster.scheduler_address,
                             stream)
-            drain_prefect_workers()
     finally:
         if cluster is not None:
             cluster.close(timeout=30)
-        procs.stop_all()
 
 
 def write_project(root: Path, num_videos: int = 3, seed: int = 3) -> Path:
