@@ -24,18 +24,21 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# (group name, help, modules under pipelines.commands that each add commands to the group)
+# (group name, help, modules under pipelines.commands that each add commands to the group: `module` calls its
+# `register(app)`, `module:function` another function of it)
 GROUPS = [
     ("data", "Phantom datasets, validation, preparation, reference sets.",
      ["data_phantom", "data_validate", "data_prepare"]),
     ("vae", "Train, import and register the VAE.", ["vae"]),
     ("latents", "Encode prepared datasets into VAE latents.", ["latents"]),
     ("evaluate", "FID/FVD/IS/KID and downstream evaluation.", ["evaluate"]),
-    ("flow", "Run a Prefect flow: preprocess, encode, train, sample, evaluate, end-to-end.", ["flow"]),
+    ("flow", "Run a Prefect flow: preprocess, encode, train, sample, evaluate, synthesize, end-to-end.", ["flow"]),
     ("train", "Train the latent video diffusion model.", ["train"]),
-    ("lidm", "Train the latent image diffusion model and sample synthetic hearts.", ["lidm"]),
+    ("lvdm", "Import the reference systems' latent video diffusion model.", ["imports:register_lvdm"]),
+    ("lidm", "Train the latent image diffusion model and sample synthetic hearts.", ["lidm", "imports:register_lidm"]),
     ("synth", "Build fully synthetic, privacy-checked datasets (LIDM -> privacy filter -> LVDM).", ["synth"]),
-    ("privacy", "Re-identification model, privacy filter, memorisation audit.", ["privacy"]),
+    ("privacy", "Re-identification model, privacy filter, memorisation audit.",
+     ["privacy", "imports:register_privacy"]),
     ("registry", "Promote, roll back and list registered model versions.", ["registry"]),
     ("ops", "Servers, deployments and scale-out.", ["ops"]),
 ]
@@ -45,8 +48,9 @@ ROOT_COMMANDS = ["sample"]  # modules whose `register_root(app)` adds a top-leve
 def _build() -> None:
     for name, help_text, modules in GROUPS:
         sub = typer.Typer(help=help_text, no_args_is_help=True, pretty_exceptions_enable=False)
-        for module in modules:
-            importlib.import_module(f"pipelines.commands.{module}").register(sub)
+        for entry in modules:
+            module, _, function = entry.partition(":")
+            getattr(importlib.import_module(f"pipelines.commands.{module}"), function or "register")(sub)
         app.add_typer(sub, name=name)
     for module in ROOT_COMMANDS:
         importlib.import_module(f"pipelines.commands.{module}").register_root(app)

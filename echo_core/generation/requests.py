@@ -5,9 +5,11 @@ invalid request raises `DataError` with a message naming the field and the fix, 
 into HTTP 400 (never a 500).
 
 Request: rows with `ef` (percent) or `class_id` or `text`, plus an optional `conditioning_frame` (base64
-PNG at the model resolution; the bundle's phantom default frame otherwise). Params: num_frames,
+PNG at the model resolution; otherwise a privacy-checked synthetic heart where the bundle has a heart
+generator, else the bundle's phantom default frame). Params: num_frames,
 num_inference_steps, guidance_scale, sampler, seed, fps, output_format (mp4 | avi | gif | npy).
-Response rows: the base64 video (or .npy frames array) and its metadata read back from the encoded file.
+Response rows: the base64 video (or .npy frames array), its metadata read back from the encoded file, and
+`heart` (request | synthetic | default) with `privacy` (the synthetic heart's check, else null).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import io
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import Field, model_validator
 
 from echo_core.config import StrictModel
@@ -152,9 +155,40 @@ def encode_output(frames: np.ndarray, fmt: str, fps: float) -> tuple[bytes, dict
                   "fps": round(info.fps, 6)}
 
 
+class HeartSource(Protocol):
+    """Makes a privacy-checked synthetic heart for a row without a conditioning_frame
+    (`pipelines/serving/hearts.py`: LIDM → re-identification check)."""
+
+    def heart(self, seed: int, spec: CondSpec, where: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        """→ (scaled latent (C, h, w), the privacy check: passed, max_correlation, tau, tries, heart_seed)."""
+        ...
+
+
+def condition_latents(pipe: LvdmPipeline, frames: list[np.ndarray | None], specs: list[CondSpec],
+                      seeds: list[int], default_frame: np.ndarray,
+                      hearts: HeartSource | None = None) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Each row's conditioning latent (B, C, h, w) and its origin: `heart` = "request" (the row's frame),
+    "synthetic" (from `hearts`, with its `privacy` check) or "default" (the phantom frame, no generator)."""
+    framed = [i for i, frame in enumerate(frames) if frame is not None or hearts is None]
+    latents: list[torch.Tensor | None] = [None] * len(frames)
+    origins: list[dict[str, Any]] = [{}] * len(frames)
+    if framed:
+        encoded = pipe.encode_frames(np.stack([default_frame if frames[i] is None else frames[i] for i in framed]))
+        for i, latent in zip(framed, encoded, strict=True):
+            latents[i] = latent
+            origins[i] = {"heart": "default" if frames[i] is None else "request", "privacy": None}
+    for i, latent in enumerate(latents):
+        if latent is None:
+            heart, check = hearts.heart(seeds[i], specs[i], f"row {i}")
+            latents[i], origins[i] = heart.to(pipe.device), {"heart": "synthetic", "privacy": check}
+    return torch.stack(latents), origins
+
+
 def handle_request(pipe: LvdmPipeline, model_input: pd.DataFrame, params: dict[str, Any] | None,
-                   limits: ServingLimits, default_frame: np.ndarray) -> pd.DataFrame:
-    """Validate a whole request first (no compute on a bad one), then generate one video per row."""
+                   limits: ServingLimits, default_frame: np.ndarray,
+                   hearts: HeartSource | None = None) -> pd.DataFrame:
+    """Validate a whole request first (no compute on a bad one), then generate one video per row; a row
+    without a frame gets a synthetic heart from `hearts` when given, else the default frame."""
     if not isinstance(model_input, pd.DataFrame) or model_input.empty:
         raise _bad("inputs", "no rows", "send at least one row with ef, class_id or text")
     if len(model_input) > limits.max_rows:
@@ -163,16 +197,16 @@ def handle_request(pipe: LvdmPipeline, model_input: pd.DataFrame, params: dict[s
     rows = [row for _, row in model_input.reset_index(drop=True).iterrows()]
     specs = [parse_row(row, i, pipe) for i, row in enumerate(rows)]
     frames = [decode_frame_png(_cell(r, "conditioning_frame"), pipe.resolution, f"row {i}")
-              if _cell(r, "conditioning_frame") is not None else default_frame for i, r in enumerate(rows)]
-    cond = pipe.encode_frames(np.stack(frames))
+              if _cell(r, "conditioning_frame") is not None else None for i, r in enumerate(rows)]
     seeds = [seed + i for i in range(len(rows))]
+    cond, origins = condition_latents(pipe, frames, specs, seeds, default_frame, hearts)
     videos, _ = pipe.generate(cond, specs, seeds, opts)
     out = []
-    for spec, video, s in zip(specs, videos, seeds, strict=True):
+    for spec, video, s, origin in zip(specs, videos, seeds, origins, strict=True):
         data, meta = encode_output(video, fmt, float(opts.fps))
         cond_type, cond_value = spec.kind_value()
         out.append({"video": base64.b64encode(data).decode("ascii"), "format": fmt,
                     "mime_type": OUTPUT_FORMATS[fmt], **meta, "seed": s, "sampler": opts.sampler,
                     "num_inference_steps": opts.steps, "guidance_scale": opts.guidance_scale,
-                    "cond_type": cond_type, "cond_value": cond_value})
+                    "cond_type": cond_type, "cond_value": cond_value, **origin})
     return pd.DataFrame(out)

@@ -4,7 +4,9 @@
 the logit that two frames show the same identity, `Linear(128, 1)(|ea − eb|)`. The "reference" variant has the
 reference's ResNet-50 layout (conv1 4→64 k7 s2 p3, bottlenecks [3, 4, 6, 3], fc → 128; its ImageNet weights
 are not used: they were trained on RGB photographs, not 4-channel latents); "small" is a few basic blocks that
-train on a CPU. Normalisation layers are GroupNorm (`_norm`).
+train on a CPU. Normalisation layers are GroupNorm (`_norm`), except in "resnet50-bn": the reference's own
+BatchNorm ResNet-50, for weights imported from the reference systems (`echoforge privacy import`; eval mode,
+so an embedding still depends on its frame alone, through the trained running statistics).
 
 What it fixes (§8 bug 14): the reference min-max normalised real frames per video and synthetic frames jointly
 over the whole synthetic set, so the same latent got a different input depending on what it was batched with.
@@ -44,11 +46,13 @@ class ResNetLayout:
     layers: tuple[int, ...]  # blocks per stage
     widths: tuple[int, ...]  # output channels of each stage (before a bottleneck's ×4 expansion)
     stem: str  # "reference": conv k7 s2 + max-pool (ResNet); "light": conv k3 s1 (keeps 14×14)
+    norm: str = "group"  # "group" | "batch" (imported reference weights only)
 
 
 VARIANTS = {
     "reference": ResNetLayout("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), "reference"),
     "small": ResNetLayout("basic", (1, 1, 1), (32, 64, 96), "light"),
+    "resnet50-bn": ResNetLayout("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), "reference", norm="batch"),
 }
 
 
@@ -111,6 +115,15 @@ def _stem(layout: ResNetLayout, c_in: int) -> tuple[nn.Module, int]:
                          nn.ReLU(inplace=True)), width
 
 
+def _use_batch_norm(module: nn.Module) -> None:
+    """Replace every GroupNorm by a BatchNorm2d of the same width (the reference's layer, same position)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.GroupNorm):
+            setattr(module, name, nn.BatchNorm2d(child.num_channels))
+        else:
+            _use_batch_norm(child)
+
+
 class ResNetEncoder(nn.Module):
     """x: (B, C, h, w) → (B, EMBED_DIM) pre-sigmoid features."""
 
@@ -126,6 +139,8 @@ class ResNetEncoder(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, EMBED_DIM)
+        if layout.norm == "batch":
+            _use_batch_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))

@@ -67,6 +67,24 @@ def sample(
     flow(model, out, params, None, conditioning, vae, not no_track, shards)  # the flow prints its result
 
 
+def synthesize(
+    dataset: str = typer.Option("dynamic", "--dataset", help="Dataset name: its params.yaml section synth.<dataset>."),
+    num_videos: int = typer.Option(8, "--num-videos", min=1, help="Videos in the synthetic dataset."),
+    out_root: str = typer.Option("outputs", "--out-root", help="Reads latents/, privacy/; writes synthetic/<dataset>."),
+    lvdm: str = typer.Option("models:/echo-lvdm@champion", "--lvdm", help="The LVDM bundle or models:/ URI."),
+    lidm: str | None = typer.Option(None, "--lidm", help="Default: models:/echo-lidm@<dataset>."),
+    reid: str | None = typer.Option(None, "--reid", help="Default: <out-root>/privacy/<dataset>/reid."),
+    vae: str | None = typer.Option(None, "--vae", help="VAE for a bare LVDM folder."),
+    splits: str | None = typer.Option(None, "--splits", help="TRAIN=…,VAL=…,TEST=… counts or ratios."),
+    seed: int = typer.Option(0, "--seed"),
+    params: str = typer.Option("params.yaml", "--params"),
+) -> None:
+    """A fully synthetic, privacy-checked dataset (LIDM → privacy filter → LVDM), then its GX validation."""
+    from pipelines.flows.synthesize import synthesize as flow
+
+    typer.echo(json.dumps(flow(dataset, num_videos, out_root, lvdm, lidm, reid, vae, splits, seed, params), indent=2))
+
+
 def end_to_end(
     ctx: typer.Context,
     vae: str = typer.Option("models:/echo-vae@candidate", "--vae", help="Registered VAE URI or a folder."),
@@ -94,4 +112,5 @@ def register(app: typer.Typer) -> None:
     app.command("train", context_settings=_PASS_THROUGH)(train)
     app.command("sample")(sample)
     app.command("evaluate")(evaluate)
+    app.command("synthesize")(synthesize)
     app.command("end-to-end", context_settings=_PASS_THROUGH)(end_to_end)

@@ -5,7 +5,10 @@
   champion is pushed onto the registered model's `champion_history` tag (a JSON list of versions).
 - rollback: pops `champion_history` and points `champion` back at that version.
 - list: versions, aliases, metrics and lineage tags.
-- build-serving: registers an LVDM folder + a VAE as a new `echo-lvdm` version whose pyfunc serves videos.
+- build-serving: registers an LVDM folder + a VAE as a new `echo-lvdm` version whose pyfunc serves videos;
+  with `--lidm DIR --reid DIR` it carries a heart generator (a request without a frame gets a privacy-checked
+  synthetic heart). The DAG's `register` stage runs it once the LIDM and the re-identification net exist,
+  inside the LVDM's training run (`--train-run`), so the version keeps that run's lineage and metrics.
 """
 
 from __future__ import annotations
@@ -67,24 +70,57 @@ def build_serving(lvdm: str = typer.Option(..., "--lvdm", help="LVDM folder or m
                   vae: str = typer.Option(..., "--vae", help="VAE folder or models:/echo-vae@<alias>."),
                   alias: str = typer.Option("candidate", "--alias", help="Alias for the new version ('' for none)."),
                   params: Path = typer.Option(Path("params.yaml"), "--params",
-                                              help="params.yaml; its `serving:` section sets the caps.")) -> None:
-    """Register LVDM + VAE as a serving version of echo-lvdm (the pyfunc that `mlflow models serve` runs)."""
-    from echo_core.config import load_params, load_section
-    from echo_core.generation.requests import ServingLimits
-    from pipelines.registry import resolve_model_folder, version_of_uri
-    from pipelines.serving.register import register_serving_model
+                                              help="params.yaml; its `serving:` section sets the caps."),
+                  lidm: str | None = typer.Option(None, "--lidm", help="LIDM folder or models:/echo-lidm@<dataset>: "
+                                                  "frameless requests get its synthetic hearts (needs --reid)."),
+                  reid: str | None = typer.Option(None, "--reid", help="Calibrated re-identification folder or "
+                                                  "models:/…: the privacy check of those hearts (needs --lidm)."),
+                  train_run: Path | None = typer.Option(None, "--train-run", help="The LVDM's training OUT folder: "
+                                                        "register inside its MLflow run (OUT/mlflow_run.json)."),
+                  record: Path | None = typer.Option(None, "--record", help="Write the new version as JSON here "
+                                                     "(a DVC out that the stages using it depend on).")) -> None:
+    """Register LVDM + VAE (+ LIDM + re-id net) as a serving version of echo-lvdm (what `mlflow models serve` runs)."""
+    from echo_core.errors import UsageError
+    from echo_core.utils.atomic import write_json_atomic
+    from pipelines.registry import resolve_model_folder
+    from pipelines.serving.register import HeartSpec, load_serving_params, register_serving_model
+
+    if (lidm is None) != (reid is None):
+        raise UsageError("--lidm and --reid go together: a heart generator needs its privacy check",
+                         fix="pass both (e.g. --lidm outputs/lidm/dynamic/unet_ema --reid outputs/privacy/dynamic/reid)"
+                             " or neither")
+    limits, heart_cfg = load_serving_params(params)
+    hearts = HeartSpec(resolve_model_folder(lidm), resolve_model_folder(reid), heart_cfg) if lidm else None
+    run_id, tags = _lineage(lvdm, vae, train_run)
+    tags.update({"lidm_source": lidm, "reid_source": reid} if lidm else {})
+    info = register_serving_model(resolve_model_folder(lvdm), resolve_model_folder(vae), alias=alias or None,
+                                  tags=tags, limits=limits, hearts=hearts, run_id=run_id)
+    if record:
+        write_json_atomic(record, {"name": info.name, "version": info.version, "uri": info.uri, "alias": alias,
+                                   "heart_generator": bool(hearts), "run_id": info.run_id})
+    typer.echo(f"registered {info.name} version {info.version} (serving pyfunc"
+               + (", synthetic hearts" if hearts else "") + ")" + (f" as models:/{info.name}@{alias}" if alias else ""))
+
+
+def _lineage(lvdm: str, vae: str, train_run: Path | None) -> tuple[str | None, dict[str, str]]:
+    """(the training run to register in, or None; the version's lineage tags)."""
+    from echo_core.errors import UsageError
+    from pipelines.commands.train import RUN_FILE
+    from pipelines.registry import version_of_uri
+    from pipelines.serving.register import training_run_tags
     from pipelines.tracking import git_commit
 
-    limits = load_section(ServingLimits, "serving", params) if params.is_file() and "serving" in load_params(params) \
-        else ServingLimits()
     tags = {"git_commit": git_commit(), "source_version": lvdm, "vae_source": vae}
+    if train_run is not None:
+        if not (train_run / RUN_FILE).is_file():
+            raise UsageError(f"--train-run {train_run} has no {RUN_FILE}",
+                             fix="pass the --out folder of a tracked `echoforge train lvdm` run")
+        run_id = json.loads((train_run / RUN_FILE).read_text(encoding="utf-8"))["run_id"]
+        return run_id, {**tags, **training_run_tags(run_id)}
     if lvdm.startswith("models:/"):
         source = version_of_uri(lvdm)
         tags.update({k: v for k, v in (source.tags or {}).items() if k in ("data_dvc_hash", "config_hash")})
-    info = register_serving_model(resolve_model_folder(lvdm), resolve_model_folder(vae), alias=alias or None,
-                                  tags=tags, limits=limits)
-    typer.echo(f"registered {info.name} version {info.version} (serving pyfunc)"
-               + (f" as models:/{info.name}@{alias}" if alias else ""))
+    return None, tags
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,9 @@ One process or many: run it directly, or under `accelerate launch` (profiles in 
 
 Only rank 0 talks to MLflow (it prints `MLFLOW_RUN_ID=<id>` first, which the Prefect flow parses); the
 other ranks train with a NullTracker. `--resume latest` continues from the newest complete checkpoint and
-re-opens the same MLflow run (its id is kept in OUT/mlflow_run.json).
+re-opens the same MLflow run (its id is kept in OUT/mlflow_run.json). The DAG trains with `--no-register`:
+its `register` stage (`registry build-serving --train-run OUT`) registers the version in this run once the
+heart generator (LIDM + re-identification net) exists.
 """
 
 from __future__ import annotations
@@ -68,11 +70,11 @@ def resolve_section(model_cls, section: str, params: Path, assignments: list[str
 
 
 def resolve_config(params: Path, assignments: list[str], *, max_steps: int | None = None,
-                   seed: int | None = None):
-    """params.yaml `train_lvdm:` + `--set` + the dedicated flags → a validated LvdmTrainConfig."""
+                   seed: int | None = None, section: str = SECTION):
+    """params.yaml `train_lvdm:` (or `section`) + `--set` + the dedicated flags → a validated LvdmTrainConfig."""
     from echo_core.training.lvdm import LvdmTrainConfig
 
-    return resolve_section(LvdmTrainConfig, SECTION, params, assignments, max_steps=max_steps, seed=seed)
+    return resolve_section(LvdmTrainConfig, section, params, assignments, max_steps=max_steps, seed=seed)
 
 
 @contextlib.contextmanager
@@ -116,9 +118,11 @@ def lvdm(
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (rank 0)."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the EMA UNet as echo-lvdm."),
     alias: str = typer.Option("candidate", "--alias", help="Alias for the new version ('' for none)."),
+    section: str = typer.Option(SECTION, "--section", help="params.yaml section, e.g. train_lvdm_cardiacnet "
+                                "(EchoDream's class-conditioned LVDM)."),
 ) -> None:
     """Train (or resume) the LVDM on latent stores; log to MLflow and register `echo-lvdm`."""
-    cfg = resolve_config(params, assignments, max_steps=max_steps, seed=seed)
+    cfg = resolve_config(params, assignments, max_steps=max_steps, seed=seed, section=section)
     is_main = int(os.environ.get("RANK", "0")) == 0  # set by accelerate launch / torchrun
     vae_model = _load_vae(vae) if vae and is_main and cfg.validation.every else None
     if not (is_main and tracking):
@@ -126,7 +130,7 @@ def lvdm(
         return
     tags = run_tags(cfg, data)
     config = {"data": [str(d) for d in data], **cfg.model_dump(mode="json")}
-    with tracked_run(EXPERIMENT, f"lvdm-{cfg.model.name}", tags, cfg, out, resume, config, SECTION) as tracker:
+    with tracked_run(EXPERIMENT, f"lvdm-{cfg.model.name}", tags, cfg, out, resume, config, section) as tracker:
         result = _train(cfg, data, out, resume, vae_model, tracker)
         tracker.flush(timeout=300)
         if register:  # inside the run: the registered version's source is this run
@@ -153,13 +157,10 @@ def _register(folder: Path, tags: dict[str, str], alias: str | None, vae: str | 
     """With a VAE: register the servable pipeline (UNet + VAE + scheduler + encoders + model card), which is
     what `mlflow models serve` and `echoforge sample` consume; without one: the bare EMA UNet folder."""
     if vae:
-        from echo_core.config import load_params, load_section
-        from echo_core.generation.requests import ServingLimits
         from pipelines.registry import resolve_model_folder
-        from pipelines.serving.register import register_serving_model
+        from pipelines.serving.register import load_serving_params, register_serving_model
 
-        has_section = params.is_file() and "serving" in load_params(params)
-        limits = load_section(ServingLimits, "serving", params) if has_section else ServingLimits()
+        limits, _ = load_serving_params(params)
         info = register_serving_model(folder, resolve_model_folder(vae), alias=alias,
                                       tags={**tags, "vae_source": vae}, limits=limits)
     else:

@@ -19,17 +19,31 @@ KNOWN_LIMITS = [
     "Videos longer than the training clip are made by overlapping-window joint denoising; motion can drift "
     "over long horizons.",
     "Conditioning (EF, class, text) is followed approximately; check adherence metrics before relying on it.",
-    "Videos served or sampled from this version are NOT privacy-checked: animating a real patient's frame "
-    "reproduces that patient. Only datasets built with `echoforge synth build` are (LIDM hearts kept only when "
-    "the re-identification model links none to a training patient; see each build's privacy_scores.csv), and "
-    "the filter bounds re-identification by that model, not every possible attack.",
-    "The default conditioning frame is a synthetic phantom, not anatomy of a real patient.",
+    "The privacy filter bounds re-identification by its re-identification model, not every possible attack.",
 ]
+NOT_CHECKED = ("Videos served or sampled from this version are NOT privacy-checked: animating a real patient's "
+               "frame reproduces that patient. A request without a conditioning_frame is animated from the "
+               "default frame, a synthetic phantom (not anatomy of a real patient). Only datasets built with "
+               "`echoforge synth build` are privacy-checked (LIDM hearts kept only when the re-identification "
+               "model links none to a training patient; see each build's privacy_scores.csv).")
+CHECKED = ("A request without a conditioning_frame is served a SYNTHETIC heart from this version's LIDM, kept only "
+           "if the re-identification model links it to no training patient (max correlation to every real "
+           "TRAIN embedding < tau = {tau:.4f}; up to {max_tries} heart seeds are tried, else HTTP 409); the "
+           "response says `heart: synthetic` and carries the check. A request's own conditioning_frame is NOT "
+           "privacy-checked (`heart: request`): animating a real patient's frame reproduces that patient, and so "
+           "does `echoforge sample` from real latents.")
+
+
+def privacy_statement(heart_generator: dict[str, Any] | None) -> str:
+    """What is and is not privacy-checked for a version, with or without a heart generator."""
+    return CHECKED.format(**heart_generator) if heart_generator else NOT_CHECKED
 
 
 def build_model_card(*, name: str, config: dict[str, Any], lineage: dict[str, str],
-                     metrics: dict[str, float] | None = None) -> dict[str, Any]:
-    """The card as a dict. config: the LVDM training config (dump); lineage: git/data/source tags."""
+                     metrics: dict[str, float] | None = None,
+                     heart_generator: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card as a dict. config: the LVDM training config (dump); lineage: git/data/source tags;
+    heart_generator: tau, max_tries, sampler, ... of the version's LIDM + privacy check (None: none)."""
     conditioning = config.get("conditioning", {})
     return {
         "model": name,
@@ -44,7 +58,10 @@ def build_model_card(*, name: str, config: dict[str, Any], lineage: dict[str, st
         "metrics_protocol": METRICS_PROTOCOL,
         "metrics": metrics or {},
         "known_limits": KNOWN_LIMITS,
-        "default_conditioning_frame": "phantom A4C end-diastolic frame (echo_core/generation/default_frame.py)",
+        "privacy": privacy_statement(heart_generator),
+        "heart_generator": heart_generator,
+        "default_conditioning_frame": "a privacy-checked synthetic heart (LIDM)" if heart_generator else
+        "phantom A4C end-diastolic frame (echo_core/generation/default_frame.py)",
     }
 
 
@@ -57,7 +74,8 @@ def render_markdown(card: dict[str, Any]) -> str:
              "## Metrics protocol", card["metrics_protocol"], ""]
     if card["metrics"]:
         lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v:.6g} |" for k, v in card["metrics"].items()], ""]
-    lines += ["## Known limits", *[f"- {limit}" for limit in card["known_limits"]], "",
+    lines += ["## Privacy", card["privacy"], "",
+              "## Known limits", *[f"- {limit}" for limit in card["known_limits"]], "",
               f"Default conditioning frame: {card['default_conditioning_frame']}.", ""]
     return "\n".join(lines)
 
@@ -69,4 +87,5 @@ def card_tags(card: dict[str, Any]) -> dict[str, str]:
             "card.conditioning": ",".join(card["conditioning"]),
             "card.objective": str(card["objective"]),
             "card.metrics_protocol": "StyleGAN-V exact or *_fallback (offline)",
+            "card.privacy": card["privacy"][:4900],
             "card.known_limits": " | ".join(card["known_limits"])[:4900]}

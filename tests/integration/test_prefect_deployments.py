@@ -26,7 +26,7 @@ from support.servers import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 DEPLOYMENTS = {"preprocess/phantom", "preprocess/dask", "encode/phantom", "encode/dask", "train/lvdm",
-               "sample/champion", "evaluate/candidate", "end_to_end/phantom"}
+               "sample/champion", "synthesize/dynamic", "evaluate/candidate", "end_to_end/phantom"}
 
 
 @pytest.fixture(scope="module")

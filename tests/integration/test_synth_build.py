@@ -84,3 +84,34 @@ def test_a_split_spec_that_does_not_add_up_fails_before_any_compute(parts, monke
     result = _build(parts, "--splits", "TRAIN=2,VAL=1", "--out", str(parts["root"] / "bad"))
     assert isinstance(result.exception, UsageError) and "add up to 3" in str(result.exception)
     assert not (parts["root"] / "bad").exists() and not (parts["root"] / "bad.work").exists()
+
+
+def test_the_synthesize_flow_runs_the_build_as_tasks_and_validates_the_dataset(parts, monkeypatch):
+    """The same build as a Prefect flow (`synthesize`, deployed as synthesize/dynamic) on a real server: each
+    step is its own task run, the result is GX-validated, and the dataset equals the CLI's bit for bit."""
+    from prefect import get_client
+    from prefect.logging.configuration import setup_logging
+    from support.servers import prefect_api
+
+    from pipelines.flows.synthesize import synthesize
+
+    setup_logging(incremental=False)  # Prefect's console handler may hold an earlier CliRunner's closed stream
+
+    monkeypatch.chdir(parts["root"])
+    root = parts["root"] / "flow"
+    (root / "latents").mkdir(parents=True)
+    (root / "latents" / "dynamic").symlink_to(parts["store"])
+    with prefect_api():
+        state = synthesize(num_videos=4, out_root=str(root), lvdm=str(parts["bundle"]), lidm=str(parts["lidm"]),
+                           reid=str(parts["reid"]), params_path=str(parts["root"] / "params.yaml"), return_state=True)
+        result = state.result()
+        with get_client(sync_client=True) as client:
+            tasks = client.read_task_runs()
+            names = {t.name.rsplit("-", 1)[0] for t in tasks if t.flow_run_id == state.state_details.flow_run_id}
+    assert names == {"hearts", "videos", "assemble", "validate"}
+    assert result["videos"] == 4 and result["success"] and result["splits"] == {"TRAIN": 2, "VAL": 1, "TEST": 1}
+    built = root / "synthetic" / "dynamic"
+    cli = parts["root"] / "synthetic"  # the CLI's build (the first test's, or made here)
+    assert cli.is_dir() or _build(parts).exit_code == 0
+    assert {p.name: p.read_bytes() for p in (built / "Videos").iterdir()} == \
+        {p.name: p.read_bytes() for p in (cli / "Videos").iterdir()}
