@@ -158,7 +158,32 @@ def resolve_model_folder(uri_or_path: str | Path, cache_dir: str | Path | None =
     dst = Path(cache_dir or Path.cwd() / "mlruns" / "downloads") / f"{name}-v{mv.version}-{key}"
     if not (dst / "MLmodel").is_file():
         _download_atomic(f"models:/{name}/{mv.version}", dst)
+    refuse_pickles(dst, text)  # also a cache filled before this check existed
     return _artifact_dir(dst, "model_dir", text)
+
+
+# Files that unpickle objects when loaded (pickle, joblib, torch .pt/.pth/.bin/.ckpt): the platform's model folders
+# hold safetensors, JSON/YAML, images and MLflow's metadata only, so a version that holds one is refused before
+# anything reads it (a tampered or foreign registry entry cannot run code on load).
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".ckpt"}
+PICKLE_MAGIC = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
+
+
+def refuse_pickles(folder: Path, label: str) -> None:
+    """Raise if `folder` holds a pickle (by suffix, or by a pickle protocol header under any name)."""
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and _is_pickle(p))
+    if found:
+        raise TrackingError(f"{label} holds files that would unpickle objects on load: {', '.join(found[:5])}"
+                            f"{f' and {len(found) - 5} more' if len(found) > 5 else ''}; refused",
+                            fix="register weights as safetensors (the platform never loads pickles from the "
+                                "registry); delete this version if you did not put them there")
+
+
+def _is_pickle(path: Path) -> bool:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    with path.open("rb") as handle:
+        return handle.read(2) in PICKLE_MAGIC
 
 
 def _download_atomic(uri: str, dst: Path) -> None:
@@ -169,6 +194,7 @@ def _download_atomic(uri: str, dst: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+        refuse_pickles(tmp, uri)  # never cached: the temp folder goes in `finally`
         try:
             os.replace(tmp, dst)
         except OSError:

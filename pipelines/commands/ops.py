@@ -23,6 +23,8 @@ def mlflow_server(
     artifacts_destination: str | None = typer.Option(None, "--artifacts-destination",
                                                      help="Default: <project>/mlruns/artifacts (or s3://…)."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Server worker processes."),
+    auth: bool = typer.Option(False, "--auth", help="MLflow's basic-auth app (or MLFLOW_AUTH=basic): users and "
+                              "permissions; needs MLFLOW_AUTH_CONFIG_PATH (infra/mlflow/basic_auth.ini.example)."),
     env_file: Path | None = typer.Option(None, "--env-file", help="KEY=VALUE file, e.g. the production profile "
                                                                   "(infra/mlflow/production.env.example)."),
     print_only: bool = typer.Option(False, "--print", help="Print the command instead of starting the server."),
@@ -32,13 +34,14 @@ def mlflow_server(
 
     env = {**os.environ, **(read_env_file(env_file) if env_file else {})}
     cfg = resolve_config(project_root(), env, host=host, port=port, backend_store_uri=backend_store_uri,
-                         artifacts_destination=artifacts_destination, workers=workers)
+                         artifacts_destination=artifacts_destination, workers=workers, auth=auth)
     if print_only:
         typer.echo(" ".join(server_command(cfg)))
         return
-    if not is_loopback(cfg.host):
-        typer.secho(f"warning: binding {cfg.host}: the MLflow server has no authentication here; put it behind "
-                    "a proxy with auth (infra/mlflow/README.md)", fg=typer.colors.YELLOW, err=True)
+    if not is_loopback(cfg.host) and not cfg.auth:
+        typer.secho(f"warning: binding {cfg.host} without authentication: start it with --auth (MLflow's "
+                    "basic-auth app) or behind a proxy with auth (infra/mlflow/README.md)", fg=typer.colors.YELLOW,
+                    err=True)
     typer.echo(f"MLflow tracking server on {cfg.url} (store {cfg.backend_store_uri}, artifacts "
                f"{cfg.artifacts_destination}); clients: export MLFLOW_TRACKING_URI={cfg.url}", err=True)
     exec_server(cfg, env)
@@ -49,9 +52,13 @@ def prefect_server(
     port: int = typer.Option(4200, "--port", min=1, max=65535),
 ) -> None:
     """Start `prefect server` (state in $PREFECT_HOME, project-local by default)."""
+    from pipelines.ops.mlflow_server import is_loopback
     from pipelines.ops.prefect_setup import server_command
 
     cmd = server_command(host, port)
+    if not os.environ.get("PREFECT_SERVER_API_AUTH_STRING") and not is_loopback(host):
+        typer.secho(f"warning: binding {host} without authentication: set PREFECT_SERVER_API_AUTH_STRING="
+                    "user:password (clients: PREFECT_API_AUTH_STRING)", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"Prefect server on http://{host}:{port}; clients: export PREFECT_API_URL=http://{host}:{port}/api",
                err=True)
     os.execv(cmd[0], cmd)

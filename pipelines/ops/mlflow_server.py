@@ -31,6 +31,7 @@ class MlflowServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     workers: int | None = None
+    auth: bool = False  # MLflow's basic-auth app (`--app-name basic-auth`): users, passwords, permissions
 
     @property
     def url(self) -> str:
@@ -57,7 +58,7 @@ def read_env_file(path: str | Path) -> dict[str, str]:
 
 def resolve_config(root: Path, env: Mapping[str, str], *, host: str | None = None, port: int | None = None,
                    backend_store_uri: str | None = None, artifacts_destination: str | None = None,
-                   workers: int | None = None) -> MlflowServerConfig:
+                   workers: int | None = None, auth: bool = False) -> MlflowServerConfig:
     """Options win over `env` (MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION, ...), then defaults."""
     mlruns = root / "mlruns"
     return MlflowServerConfig(
@@ -68,6 +69,7 @@ def resolve_config(root: Path, env: Mapping[str, str], *, host: str | None = Non
         host=host or env.get("MLFLOW_HOST") or DEFAULT_HOST,
         port=int(port or env.get("MLFLOW_PORT") or DEFAULT_PORT),
         workers=workers or (int(env["MLFLOW_WORKERS"]) if env.get("MLFLOW_WORKERS") else None),
+        auth=auth or env.get("MLFLOW_AUTH", "").lower() in ("basic", "basic-auth", "1", "true"),
     )
 
 
@@ -78,7 +80,23 @@ def server_command(cfg: MlflowServerConfig, mlflow_exe: str | None = None) -> li
            "--artifacts-destination", cfg.artifacts_destination, "--host", cfg.host, "--port", str(cfg.port)]
     if cfg.workers:
         cmd += ["--workers", str(cfg.workers)]
+    if cfg.auth:
+        cmd += ["--app-name", "basic-auth"]
     return cmd
+
+
+def check_auth_settings(cfg: MlflowServerConfig, env: Mapping[str, str]) -> None:
+    """Basic auth needs its own config (users database, admin account): refuse to start without one rather
+    than fall back to MLflow's packaged defaults (a sqlite file in the working directory)."""
+    path = env.get("MLFLOW_AUTH_CONFIG_PATH")
+    if cfg.auth and not (path and Path(path).is_file()):
+        raise ConfigError(f"MLflow basic auth needs MLFLOW_AUTH_CONFIG_PATH (got {path!r})",
+                          fix="copy infra/mlflow/basic_auth.ini.example, set its database_uri and admin_username, "
+                              "export MLFLOW_AUTH_CONFIG_PATH=<that file> and MLFLOW_AUTH_ADMIN_PASSWORD")
+    if cfg.auth and not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        raise ConfigError("MLflow basic auth needs MLFLOW_FLASK_SERVER_SECRET_KEY (its CSRF protection)",
+                          fix="export MLFLOW_FLASK_SERVER_SECRET_KEY=<a long random string>, the same for every "
+                              "server process")
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +118,7 @@ def prepare_local_store(cfg: MlflowServerConfig) -> None:
 
 def exec_server(cfg: MlflowServerConfig, env: Mapping[str, str]) -> None:
     """Replace this process by the server, so signals (Ctrl-C, SIGTERM from a supervisor) reach it directly."""
+    check_auth_settings(cfg, env)
     prepare_local_store(cfg)
     cmd = server_command(cfg)
     # The platform runs no MLflow server jobs (GenAI job runner): do not start a second MLflow process for them.

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from echo_core.errors import TrackingError
 from pipelines.cli import app
 from pipelines.registry import PromotionError
 
@@ -72,3 +73,30 @@ def test_promote_rollback_list(tmp_path):
     assert f"v{v1}  aliases=champion" in run("list").output
     empty = run("rollback")
     assert isinstance(empty.exception, PromotionError) and "no previous champion" in str(empty.exception)
+
+
+def test_a_version_holding_a_pickle_is_refused_before_anything_loads_it(tmp_path, monkeypatch):
+    """#15 §5: registry folders are read as safetensors/JSON only; a pickle inside (by name, or a pickle
+    header under an innocent name) is refused with the file named, and nothing is left in the cache."""
+    import pickle
+
+    from pipelines.registry import log_model_folder, resolve_model_folder
+    from pipelines.tracking import start_run
+
+    monkeypatch.chdir(tmp_path)
+    versions = {}
+    for name, payload in {"clean": None, "suffix": ("extra.pkl", b"not even a pickle"),
+                          "magic": ("weights.safetensors", pickle.dumps({"a": 1}, protocol=4))}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        if payload:
+            (folder / payload[0]).write_bytes(payload[1])
+        with start_run("registry-test"):
+            versions[name] = log_model_folder(folder, name="m", registered_model_name=f"{MODEL}-pickle").uri
+    assert (resolve_model_folder(versions["clean"]) / "config.json").is_file()
+    for name, bad in (("suffix", "extra.pkl"), ("magic", "weights.safetensors")):
+        with pytest.raises(TrackingError, match=rf"unpickle objects on load: .*{bad}"):
+            resolve_model_folder(versions[name])
+    cached = sorted(p.name for p in (tmp_path / "mlruns" / "downloads").iterdir())
+    assert len(cached) == 1 and not any(p.name.startswith(".") for p in (tmp_path / "mlruns" / "downloads").iterdir())

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from echo_core.data.phantom.datasets import generate_dataset
-from pipelines.ops.mlflow_server import MlflowServerConfig, prepare_local_store, server_command
+from pipelines.ops.mlflow_server import MlflowServerConfig, check_auth_settings, prepare_local_store, server_command
 from pipelines.ops.prefect_setup import POOL, worker_command, worker_env
 from pipelines.ops.processes import ManagedProcess, free_port, spawn, wait_http_ok
 from support import REPO_ROOT
@@ -70,11 +70,12 @@ class PrefectServer:
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", **extra}
 
 
-def start_prefect_server(procs: Processes, home: Path, port: int | None = None) -> PrefectServer:
+def start_prefect_server(procs: Processes, home: Path, port: int | None = None,
+                         extra_env: Mapping[str, str] | None = None) -> PrefectServer:
     """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME (sqlite); healthy on return."""
     port = port or free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_API_URL": ""}
+           "DO_NOT_TRACK": "1", "PREFECT_API_URL": "", **(extra_env or {})}
     proc = procs.add(spawn([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                            name="prefect-server", log_path=home / f"server-{port}.log", env=env), grace=20)
     wait_http_ok(f"http://127.0.0.1:{port}/api/health", proc, timeout=180)
@@ -99,14 +100,17 @@ def start_worker(procs: Processes, server: PrefectServer, log: Path, pool: str =
     return proc
 
 
-def start_mlflow_server(procs: Processes, root: Path, port: int | None = None) -> tuple[ManagedProcess, str]:
+def start_mlflow_server(procs: Processes, root: Path, port: int | None = None, *, auth: bool = False,
+                        extra_env: Mapping[str, str] | None = None) -> tuple[ManagedProcess, str]:
     """The project's launcher configuration: sqlite under <root>/mlruns, proxied artifacts, 127.0.0.1."""
     cfg = MlflowServerConfig(backend_store_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
                              artifacts_destination=str(root / "mlruns" / "artifacts"), port=port or free_port(),
-                             workers=1)  # 4 uvicorn workers (the default) take long to start on 2 cores
+                             workers=1, auth=auth)  # 4 uvicorn workers (the default) are slow to start on 2 cores
+    env = {**os.environ, **(extra_env or {})}
+    check_auth_settings(cfg, env)
     prepare_local_store(cfg)
     proc = procs.add(spawn(server_command(cfg), name="mlflow-server", log_path=root / f"mlflow-{cfg.port}.log",
-                           cwd=root), grace=5)
+                           cwd=root, env=env), grace=5)
     wait_http_ok(f"{cfg.url}/health", proc, timeout=180)
     return proc, cfg.url
 
