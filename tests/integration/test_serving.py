@@ -6,6 +6,7 @@ alone is animated from a privacy-checked synthetic heart; invalid ones get HTTP 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -178,3 +179,71 @@ def test_version_carries_the_model_card(server):
     tags = MlflowClient(tracking_uri()).get_model_version("echo-lvdm", info.version).tags
     assert tags["card.intended_use"].startswith("research only") and tags["card.training_data_version"] == "md5:test"
     assert tags["heart_generator"] == "lidm+privacy" and "SYNTHETIC heart" in tags["card.privacy"]
+
+
+# ----------------------------------------------------------------------------- load and abuse (#15 §4)
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total
+
+
+def test_eight_clients_at_once_get_correct_answers_and_memory_stays_bounded(server):
+    """8 clients × 10 requests at once (serving.max_rows rows of the largest allowed clip would be the worst
+    case; here each request is one small row): every answer is 200, a seed gives the same video whoever asks,
+    and the server's resident memory stays bounded (peak RSS of its whole process tree, printed)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    port, _ = server
+    pid = next(p.pid for p in psutil.process_iter(["cmdline"])  # the `mlflow models serve` process on this port
+               if {"serve", str(port)} <= set(p.info["cmdline"] or []))
+    peak, done = [_tree_rss(pid)], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            peak.append(_tree_rss(pid))
+
+    def client(c: int) -> list[tuple[int, int, str]]:
+        answers = []
+        for seed in range(10):
+            status, body = _post(port, {"dataframe_records": [{"ef": 40.0 + seed}],
+                                        "params": {"num_frames": 4, "num_inference_steps": 1, "seed": seed}})
+            answers.append((seed, status, body["predictions"][0]["video"] if status == 200 else str(body)))
+        return answers
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    baseline = peak[0]
+    with ThreadPoolExecutor(8) as pool:
+        results = [a for answers in pool.map(client, range(8)) for a in answers]
+    done.set()
+    watcher.join()
+    assert len(results) == 80 and {status for _, status, _ in results} == {200}, results[:3]
+    for seed in range(10):
+        assert len({video for s, _, video in results if s == seed}) == 1  # same seed → same bytes, any client
+    print(f"peak RSS {max(peak) / 2**20:.0f} MiB (idle {baseline / 2**20:.0f} MiB) over 80 concurrent requests")
+    assert max(peak) < baseline + 2 * 2**30  # no per-request growth that 80 requests could add up
+
+
+def test_a_50_mb_body_and_the_largest_allowed_request_are_answered_not_crashed(server):
+    """A 50 MB conditioning frame gets a clear 400 (never an out-of-memory crash), and the largest request
+    the caps allow (max_rows rows × max_frames frames × max_steps steps) is served."""
+    port, _ = server
+    huge = base64.b64encode(os.urandom(37 * 2**20)).decode()  # ~50 MB of base64
+    status, body = _post(port, {"dataframe_records": [{"ef": 50.0, "conditioning_frame": huge}]})
+    assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE", str(body)[:300]
+    assert "conditioning_frame" in body["message"]
+    status, body = _post(port, {"dataframe_records": [{"ef": 20.0 + 10 * i} for i in range(4)],
+                                "params": {"num_frames": 8, "num_inference_steps": 4, "seed": 1}})
+    assert status == 200 and len(body["predictions"]) == 4
+    status, body = _post(port, {"dataframe_records": [{"ef": 50.0}] * 5})
+    assert status == 400 and "rows" in body["message"]
