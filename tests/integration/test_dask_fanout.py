@@ -4,6 +4,7 @@ reference set are byte-identical to the plain sequential procedure."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,11 @@ def test_dask_fanout_matches_the_sequential_path(project: Path, monkeypatch):
     workers = dask.workers()
 
     assert len(workers) == 2  # both worker processes ran per-video tasks
+    _assert_equals_sequential(project, done)
+
+
+def _assert_equals_sequential(project: Path, done: dict) -> None:
+    """The flow's prepared set and reference clips are byte-identical to the plain sequential procedure."""
     prepared, reference = Path(done["dynamic"]["prepared"]), Path(done["dynamic"]["reference"])
     seq = project / "sequential"
     prepare_dataset("dynamic", project / "raw" / "dynamic", seq / "prepared", workers=1)
@@ -77,3 +83,45 @@ def test_runner_settings_reject_bad_values_naming_the_variable(env):
 
     with pytest.raises(ConfigError, match="ECHOFORGE_"):
         runner_settings(env)
+
+
+def test_an_external_dask_cluster_by_address_matches_and_survives_a_killed_worker(project: Path, monkeypatch):
+    """#15 §7: a cluster started the way a team starts one (`dask scheduler` + two `dask worker tcp://…`
+    processes), the flow pointed at it by address; one worker is SIGKILLed mid-flow: Dask reruns its tasks on
+    the other, and the result is still byte-identical to the sequential path (the jobs stage atomically)."""
+    import threading
+
+    from distributed import Client
+    from support.servers import BIN, Processes, prefect_api, wait_for
+
+    from pipelines.flows.preprocess import preprocess
+    from pipelines.ops.processes import free_port, spawn
+    from pipelines.ops.scaleout import task_runner
+
+    procs, port, result = Processes(), free_port(), {}
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        with prefect_api() as server:
+            monkeypatch.setenv("PREFECT_API_URL", server.api_url)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            procs.add(spawn([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                             "--no-dashboard"], name="dask-scheduler", log_path=project / "scheduler.log", env=env),
+                      grace=5)
+            workers = [procs.add(spawn([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
+                                        "--name", f"w{i}"], name=f"dask-worker-{i}",
+                                       log_path=project / f"worker-{i}.log", env=env), grace=5) for i in (0, 1)]
+            with Client(address, timeout=60) as client:
+                client.wait_for_workers(2, timeout=120)
+            flow = preprocess.with_options(task_runner=task_runner("dask", address=address))
+            run = threading.Thread(target=lambda: result.update(flow(params_path=str(project / "params.yaml"),
+                                                                     out_root=str(project / "outputs"))))
+            run.start()
+            out = project / "outputs"
+            wait_for(lambda: any(out.glob("*/*.partial/.jobs/*.json")) or not run.is_alive(), 300, "the fan-out")
+            killed_mid_flow = run.is_alive()
+            workers[0].kill()  # a machine of the cluster dies mid-flow (nanny and worker: the whole group)
+            run.join(timeout=600)
+    finally:
+        procs.stop_all()
+    assert killed_mid_flow and not run.is_alive() and "dynamic" in result, result
+    _assert_equals_sequential(project, result)
