@@ -16,9 +16,10 @@ def _call(name: str, step: Callable, *args: Any) -> Any:
 
 def build_dataset(dataset: str, num_videos: int, data: Path, reid: str, out: Path, *, lidm: str | None,
                   lvdm: str, vae: str | None, splits: str | None, seed: int, params: Path,
-                  run_step: Callable = _call):
-    """The whole build → (its SynthConfig, the dataset's FileList). `run_step(name, step, *args)` runs each
-    step: a plain call here, a Prefect task in the `synthesize` flow."""
+                  ef_judge: Path | None = None, run_step: Callable = _call):
+    """The whole build → (its SynthConfig, the dataset's FileList). `ef_judge`: an EF judge file whose reading
+    of each video becomes the FileList's `EF_measured`. `run_step(name, step, *args)` runs each step: a plain
+    call here, a Prefect task in the `synthesize` flow."""
     from echo_core.config import load_section
     from echo_core.generation.synth_dataset import SynthConfig, split_counts
 
@@ -29,7 +30,7 @@ def build_dataset(dataset: str, num_videos: int, data: Path, reid: str, out: Pat
                               work)
     samples = run_step("videos", animate, cfg, hearts, data, lvdm, vae, params, seed, work)
     models = {"lidm": lidm or f"models:/echo-lidm@{dataset}", "reid": reid, "lvdm": lvdm}
-    table = run_step("assemble", assemble, dataset, cfg, hearts, samples, scores, data, seed, out, models)
+    table = run_step("assemble", assemble, dataset, cfg, hearts, samples, scores, data, seed, out, models, ef_judge)
     return cfg, table
 
 
@@ -107,11 +108,13 @@ def real_train_efs(data: Path) -> list[float]:
 
 
 def assemble(dataset: str, cfg, hearts, samples: Path, scores: Path, data: Path, seed: int, out: Path,
-              models: dict[str, str]):
+              models: dict[str, str], ef_judge: Path | None = None):
+    from echo_core.evaluation.judge_file import load_ef_judge
     from echo_core.generation.synth_dataset import assemble_dataset
     from pipelines.tracking import git_commit
 
     manifest = {"dataset": dataset, "kind": cfg.kind, "synthetic": True, "seed": seed, "models": models,
                 "real_store": str(data), "config": cfg.model_dump(mode="json"), "git_commit": git_commit(),
                 "privacy": "every video's heart passed the re-identification filter (privacy_scores.csv)"}
-    return assemble_dataset(samples, hearts, scores, out, cfg, seed=seed, manifest=manifest)
+    judge = load_ef_judge(ef_judge) if ef_judge else None
+    return assemble_dataset(samples, hearts, scores, out, cfg, seed=seed, manifest=manifest, judge=judge)

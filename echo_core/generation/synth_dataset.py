@@ -17,7 +17,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -125,10 +125,32 @@ def _filelist(cfg: SynthConfig, generated: pd.DataFrame, hearts: pd.DataFrame, s
                          **lineage})
 
 
+class EfMeasurer(Protocol):
+    """The EF judge (`echo_core.evaluation.judge_file.LoadedEfJudge`): frames (T, H, W) uint8, fps → EF %."""
+
+    competence: dict[str, Any]
+
+    def predict_one(self, frames: np.ndarray, fps: float) -> float: ...
+
+
+def measured_ef(videos: Path, table: pd.DataFrame, judge: EfMeasurer) -> list[float]:
+    """The judge's EF of every video of `table` (NaN where the judge cannot measure one)."""
+    from echo_core.data.video import read_video
+
+    values = []
+    for name in table["FileName"]:
+        frames, fps = read_video(next(videos.glob(f"{name}.*")), gray=True, size=112)
+        values.append(judge.predict_one(frames, fps))
+    return values
+
+
 def assemble_dataset(samples: str | os.PathLike, hearts: pd.DataFrame, scores: str | os.PathLike,
-                     out: str | os.PathLike, cfg: SynthConfig, *, seed: int, manifest: dict[str, Any]) -> pd.DataFrame:
+                     out: str | os.PathLike, cfg: SynthConfig, *, seed: int, manifest: dict[str, Any],
+                     judge: EfMeasurer | None = None) -> pd.DataFrame:
     """Write the dataset folder `out` from the LVDM's sample folder (its FileList rows in heart order) and
-    the kept `hearts` rows; returns its FileList. The previous `out` is replaced only when complete."""
+    the kept `hearts` rows; returns its FileList. With an EF `judge` (EF datasets), `EF_measured` holds its
+    reading of each video beside the requested `EF`, and the manifest its held-out competence. The previous
+    `out` is replaced only when complete."""
     samples = Path(samples)
     generated = pd.read_csv(samples / "FileList.csv", dtype={"FileName": str})
     if len(generated) != len(hearts):
@@ -141,6 +163,9 @@ def assemble_dataset(samples: str | os.PathLike, hearts: pd.DataFrame, scores: s
         (tmp / "Videos").mkdir()
         for sample, name in zip(generated["FileName"], table["FileName"], strict=True):
             shutil.copyfile(samples / fmt / f"{sample}.{fmt}", tmp / "Videos" / f"{name}.{fmt}")
+        if judge is not None and "EF" in table:
+            table["EF_measured"] = measured_ef(tmp / "Videos", table, judge)
+            manifest = {**manifest, "ef_judge": judge.competence}
         write_filelist(table, tmp / "FileList.csv")
         shutil.copyfile(scores, tmp / "privacy_scores.csv")
         write_json_atomic(tmp / "manifest.json", {**manifest, "counts": {s: splits.count(s) for s in SPLITS},

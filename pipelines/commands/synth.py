@@ -29,13 +29,15 @@ def build(
     splits: str | None = typer.Option(None, "--splits", help="TRAIN=…,VAL=…,TEST=… counts or ratios "
                                       "(default: synth.<dataset>.splits)."),
     seed: int = typer.Option(0, "--seed", help="Hearts, conditions, videos and splits derive from it."),
+    ef_judge: Path | None = typer.Option(None, "--ef-judge", help="EF judge file (outputs/judges/<ds>/ef_judge.json):"
+                                         " its reading of each video goes into FileList.csv as EF_measured."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml: synth, sample, sample_lidm."),
 ) -> None:
     """Build a fully synthetic dataset: LIDM → privacy filter → LVDM, in the dataset's own layout."""
     from pipelines.synthesis import build_dataset
 
     cfg, table = build_dataset(dataset, num_videos, data, reid, out, lidm=lidm, lvdm=lvdm, vae=vae, splits=splits,
-                               seed=seed, params=params)
+                               seed=seed, params=params, ef_judge=ef_judge)
     typer.echo(f"{len(table)} synthetic videos in {out} ({table['Split'].value_counts().to_dict()}); "
                f"validate: echoforge data validate --kind {cfg.kind} {out}")
 

@@ -37,7 +37,7 @@ def validate_synthetic(kind: str, folder: Path, report: Path) -> dict[str, Any]:
 def synthesize(dataset: str = "dynamic", num_videos: int = 8, out_root: str = "outputs",
                lvdm: str = "models:/echo-lvdm@champion", lidm: str | None = None, reid: str | None = None,
                vae: str | None = None, splits: str | None = None, seed: int = 0,
-               params_path: str = "params.yaml") -> dict[str, Any]:
+               params_path: str = "params.yaml", ef_judge: str | None = None) -> dict[str, Any]:
     """Build `<out_root>/synthetic/<dataset>` from the registered models (defaults: echo-lidm@<dataset>, the
     re-identification folder `<out_root>/privacy/<dataset>/reid`, echo-lvdm@champion) and validate it."""
     from pipelines.synthesis import build_dataset
@@ -46,7 +46,8 @@ def synthesize(dataset: str = "dynamic", num_videos: int = 8, out_root: str = "o
     out = root / "synthetic" / dataset
     cfg, table = build_dataset(dataset, num_videos, root / "latents" / dataset,
                                reid or str(root / "privacy" / dataset / "reid"), out, lidm=lidm, lvdm=lvdm,
-                               vae=vae, splits=splits, seed=seed, params=Path(params_path), run_step=_as_task)
+                               vae=vae, splits=splits, seed=seed, params=Path(params_path),
+                               ef_judge=Path(ef_judge) if ef_judge else None, run_step=_as_task)
     report = root / "validation" / f"synthetic-{dataset}" / "report.json"
     validation = validate_synthetic(cfg.kind, out, report)
     splits_done = table["Split"].value_counts().to_dict()

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from echo_core.data.video import write_video
+from echo_core.data.video import read_video, write_video
 from echo_core.errors import DataError, UsageError
+from echo_core.evaluation.judge_file import LoadedEfJudge
 from echo_core.generation.synth_dataset import (
     SynthConfig,
     assemble_dataset,
@@ -18,6 +19,7 @@ from echo_core.generation.synth_dataset import (
     split_counts,
     video_conditions,
 )
+from echo_core.models.judges import PixelEfJudge
 from pipelines.validation.report import format_report
 from pipelines.validation.validate import validate_dataset
 
@@ -69,8 +71,16 @@ def test_the_assembled_dataset_passes_the_real_validation_unchanged(kind, tmp_pa
     (tmp_path / "scores.csv").write_text("FileName,nearest_real,max_correlation,tau,kept\n")
     cfg = SynthConfig(kind=kind, splits="TRAIN=8,VAL=1,TEST=1", ef="uniform" if kind == "dynamic" else "none")
     out = tmp_path / "synthetic"
+    judge = LoadedEfJudge({"judge": PixelEfJudge().to_dict(), "competence": {"r2": 0.5, "n": 12}})
     table = assemble_dataset(tmp_path / "samples", hearts, tmp_path / "scores.csv", out, cfg, seed=1,
-                             manifest={"synthetic": True})
+                             manifest={"synthetic": True}, judge=judge)
+    if kind == "dynamic":  # the judge's reading of each written video, beside the requested EF
+        read = [judge.predict_one(*read_video(out / "Videos" / f"{n}.avi", gray=True, size=112))
+                for n in table["FileName"]]
+        np.testing.assert_array_equal(pd.read_csv(out / "FileList.csv")["EF_measured"], read)
+        assert json.loads((out / "manifest.json").read_text())["ef_judge"] == {"r2": 0.5, "n": 12}
+    else:  # no EF, no EF judge column
+        assert "EF_measured" not in pd.read_csv(out / "FileList.csv")
     assert sorted(p.name for p in (out / "Videos").iterdir()) == [f"synth_{i:06d}.{fmt}" for i in range(n)]
     assert table["Split"].value_counts().to_dict() == {"TRAIN": 8, "VAL": 1, "TEST": 1}
     assert table["Heart"].tolist() == hearts["FileName"].tolist()
