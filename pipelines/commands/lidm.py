@@ -13,6 +13,7 @@ alias `@<dataset>`.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import typer
@@ -50,6 +51,7 @@ def train(
         return
     from pipelines.commands.train import tracked_run
     from pipelines.registry import log_model_folder
+    from pipelines.serving.model_card import card_tags, lidm_card, render_lidm_markdown
     from pipelines.tracking import lineage_tags
 
     tags = {**lineage_tags(cfg, data), "dataset": name, "objective": cfg.objective.kind,
@@ -58,8 +60,13 @@ def train(
     with tracked_run(EXPERIMENT, f"lidm-{name}", tags, cfg, out, resume, config, section) as tracker:
         result = _train(cfg, data, out, resume, tracings, tracker)
         tracker.flush(timeout=300)
+        card = lidm_card(name=REGISTERED_NAME, dataset=name, config=config, lineage=tags)
+        tracker.log_dict(card, "model_card/model_card.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model_card.md").write_text(render_lidm_markdown(card), encoding="utf-8")
+            tracker.log_artifact(Path(tmp) / "model_card.md", "model_card")
         info = log_model_folder(result.folder, name="lidm", registered_model_name=REGISTERED_NAME, alias=name,
-                                tags=tags)
+                                tags={**tags, **card_tags(card)})
     typer.echo(f"registered {info.name} version {info.version} as models:/{info.name}@{name}")
 
 

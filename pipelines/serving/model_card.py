@@ -1,5 +1,6 @@
-"""The LVDM model card: attached to every registered serving version as artifacts (JSON + Markdown) and as
-model-version tags (`card.*`), so the registry UI and `echoforge registry list` show it."""
+"""The model cards: the LVDM's, attached to every registered serving version, and the LIDM's (`lidm_card`),
+attached to every `echo-lidm` version, as artifacts (JSON + Markdown) and as model-version tags (`card.*`),
+so the registry UI and `echoforge registry list` show them."""
 
 from __future__ import annotations
 
@@ -89,3 +90,42 @@ def card_tags(card: dict[str, Any]) -> dict[str, str]:
             "card.metrics_protocol": "StyleGAN-V exact or *_fallback (offline)",
             "card.privacy": card["privacy"][:4900],
             "card.known_limits": " | ".join(card["known_limits"])[:4900]}
+
+
+LIDM_PRIVACY = ("Hearts sampled from this model are NOT privacy-checked by themselves: an image diffusion model can "
+                "reproduce training hearts. Use them only after `echoforge privacy filter` (or `synth build`, "
+                "which filters), which keeps a heart only if the re-identification model links it to no training "
+                "patient.")
+LIDM_LIMITS = [
+    "One 112x112 grayscale end-diastolic frame per sample (a 4x14x14 latent of its VAE); other VAEs' latents "
+    "are refused (sha256 check).",
+    "Trained on each TRAIN video's traced end-diastolic frame where VolumeTracings give it, else on a seeded "
+    "random frame per epoch: hearts of datasets without tracings are not phase-locked.",
+    "FD/IS of its hearts are measured with the offline fallback extractor against real TRAIN heart frames "
+    "(`lidm evaluate`), beside a held-out real and a noise control; they are not comparable to published FID.",
+]
+
+
+def lidm_card(*, name: str, dataset: str, config: dict[str, Any], lineage: dict[str, str]) -> dict[str, Any]:
+    """The LIDM's card as a dict (config: its training config dump; lineage: git/data tags)."""
+    conditioning = config.get("conditioning", {})
+    return {
+        "model": f"{name}@{dataset}", "intended_use": INTENDED_USE,
+        "training_data_version": lineage.get("data_dvc_hash", "unknown"),
+        "git_commit": lineage.get("git_commit", "unknown"),
+        "conditioning": ["class_id"] if conditioning.get("class_id") else [],
+        "objective": config.get("objective", {}).get("kind", "v_ddpm"),
+        "metrics_protocol": "fd_fallback / is_fallback of decoded hearts vs real TRAIN heart frames, with a "
+                            "held-out real positive and a noise negative control (metrics/lidm/<dataset>.json)",
+        "privacy": LIDM_PRIVACY, "known_limits": LIDM_LIMITS,
+    }
+
+
+def render_lidm_markdown(card: dict[str, Any]) -> str:
+    return "\n".join([
+        f"# Model card: {card['model']}", "", "## Intended use", card["intended_use"], "",
+        "## Training data", f"Version (DVC hash): `{card['training_data_version']}`; code `{card['git_commit']}`.",
+        "", "## Model", f"Latent image diffusion (UNet2DModel); conditioning: "
+        f"{', '.join(card['conditioning']) or 'none'}; objective {card['objective']}.", "",
+        "## Metrics protocol", card["metrics_protocol"], "", "## Privacy", card["privacy"], "",
+        "## Known limits", *[f"- {limit}" for limit in card["known_limits"]], ""])

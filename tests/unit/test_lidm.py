@@ -84,6 +84,11 @@ def test_training_is_tracked_and_registered_per_dataset(project):
     assert len(losses) == TRAIN_STEPS and sum(losses[-10:]) < 0.5 * sum(losses[:10])
     meta = read_lidm_meta(project / "out" / "unet_ema")
     assert meta["vae"]["sha256"] == VAE_SHA and meta["step"] == TRAIN_STEPS and meta["latent_shape"] == [4, 14, 14]
+    # its model card: on the version (tags) and in the run (JSON + Markdown), saying the hearts need the filter
+    assert mv.tags["card.intended_use"].startswith("research only") and mv.tags["card.conditioning"] == "class_id"
+    assert "NOT privacy-checked" in mv.tags["card.privacy"]
+    cards = {a.path for a in client.list_artifacts(mv.run_id, "model_card")}
+    assert cards == {"model_card/model_card.json", "model_card/model_card.md"}
 
 
 def test_class_conditioned_hearts_draw_their_class_and_the_swap_is_the_negative_control(project, tmp_path):
