@@ -84,13 +84,16 @@ def fid_infinity(real_mu: np.ndarray, real_sigma: np.ndarray, fake: np.ndarray, 
 
 def bootstrap_frechet(real: np.ndarray, fake: np.ndarray, *, num_resamples: int, seed: int = 0,
                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the FD, resampling rows (frames or clips) of both sides."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    fds = []
-    for _ in range(num_resamples):
-        r = np.sort(rng.integers(0, real.shape[0], real.shape[0]))
-        f = np.sort(rng.integers(0, fake.shape[0], fake.shape[0]))
-        fds.append(frechet_distance(*_moments(np.asarray(real[r])), *_moments(np.asarray(fake[f]))))
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(fds, [tail, 100 - tail])
-    return float(lo), float(hi)
+    """Percentile bootstrap interval of the FD, resampling rows (frames or clips) of both sides.
+
+    Each row is its own resampling unit in `frechet_distance_ci`, which computes a draw's FD exactly through
+    the cross-Gram when rows < d (ms per draw instead of an O(d³) matrix square root: 200 draws of 64 vs 72
+    rows at d = 2048 took ~16 min the plain way)."""
+    from echo_core.metrics.bootstrap import frechet_distance_ci
+
+    def rows(x: np.ndarray) -> list[np.ndarray]:
+        x = np.asarray(x, np.float64)
+        return [x[i:i + 1] for i in range(x.shape[0])]
+
+    estimate = frechet_distance_ci(rows(fake), rows(real), resamples=num_resamples, seed=seed, level=level)
+    return estimate.ci_low, estimate.ci_high
