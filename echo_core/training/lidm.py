@@ -27,26 +27,18 @@ from echo_core.errors import DataError
 from echo_core.latents.frames import HeartFrameDataset, ed_frames
 from echo_core.latents.store import read_manifest
 from echo_core.models.lidm import LidmNet, LidmSpec, build_lidm_net
-from echo_core.training.checkpoint import CheckpointConfig
 from echo_core.training.ema import EmaConfig
-from echo_core.training.optim import OptimConfig
-from echo_core.training.task import TrainResult, TrainTask
+from echo_core.training.task import LoopSettings, TrainResult, TrainTask
 from echo_core.training.trainer import train
 
 FINAL_DIR = "unet_ema"
 _ALL_VALID = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # images have no padded frames
 
 
-class LidmTrainConfig(LidmSpec):
-    """`train_lidm:` in params.yaml (unknown keys are errors): the model's spec, then how to train it."""
+class LidmTrainConfig(LidmSpec, LoopSettings):
+    """`train_lidm_<dataset>:` in params.yaml (unknown keys are errors): the model's spec, then how to train it."""
 
-    optim: OptimConfig = Field(default_factory=OptimConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    seed: int = 0
-    deterministic: bool = False
-    num_workers: int = Field(2, ge=0)
-    log_every: int = Field(10, ge=1)
 
 
 def stores_vae(data_roots: Sequence[str | os.PathLike]) -> dict[str, Any]:

@@ -26,11 +26,9 @@ from echo_core.latents.clips import LatentClipDataset
 from echo_core.models.conditioning import FrozenTextEncoder, apply_frame_dropout, sample_dropout_masks
 from echo_core.models.lvdm import LvdmNet, LvdmSpec, build_lvdm_net
 from echo_core.tracking import Tracker
-from echo_core.training.checkpoint import CheckpointConfig
 from echo_core.training.ema import EmaConfig
-from echo_core.training.optim import OptimConfig
 from echo_core.training.preview import ValidationConfig, validation_batch, write_validation_video
-from echo_core.training.task import TrainResult, TrainTask
+from echo_core.training.task import LoopSettings, TrainResult, TrainTask
 from echo_core.training.trainer import train
 
 log = logging.getLogger("echoforge.lvdm")
@@ -38,16 +36,11 @@ log = logging.getLogger("echoforge.lvdm")
 FINAL_DIR = "unet_ema"
 
 
-class LvdmTrainConfig(LvdmSpec):
+class LvdmTrainConfig(LvdmSpec, LoopSettings):
     """`train_lvdm:` in params.yaml (unknown keys are errors): the model's spec, then how to train it."""
 
-    optim: OptimConfig = Field(default_factory=OptimConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    seed: int = 0
-    deterministic: bool = False  # torch deterministic algorithms + no DataLoader workers
-    num_workers: int = Field(2, ge=0)
     log_every: int = Field(1, ge=1)
 
 

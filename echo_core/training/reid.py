@@ -20,24 +20,21 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from echo_core.config import StrictModel
 from echo_core.downstream.scores import roc_auc
 from echo_core.metrics.bootstrap import paired_statistic
 from echo_core.models.reid import ReidNet, build_reid_net
 from echo_core.privacy.frames import PairDataset, video_rows
 from echo_core.tracking import Tracker
-from echo_core.training.checkpoint import CheckpointConfig
 from echo_core.training.ema import EmaConfig
 from echo_core.training.lidm import stores_vae
-from echo_core.training.optim import OptimConfig
-from echo_core.training.task import TrainResult, TrainTask
+from echo_core.training.task import LoopSettings, TrainResult, TrainTask
 from echo_core.training.trainer import train
 
 FINAL_DIR = "reid"
 HELDOUT_SPLITS = ("VAL", "TEST")
 
 
-class ReidTrainConfig(StrictModel):
+class ReidTrainConfig(LoopSettings):
     """`train_reid:` in params.yaml (unknown keys are errors)."""
 
     variant: Literal["small", "reference"] = "small"
@@ -46,13 +43,7 @@ class ReidTrainConfig(StrictModel):
     pairs_per_epoch: int = Field(4096, ge=1)
     eval_pairs: int = Field(1000, ge=2)  # held-out pairs for the AUC
     eval_resamples: int = Field(1000, ge=1)  # bootstrap resamples of its CI
-    optim: OptimConfig = Field(default_factory=OptimConfig)
     ema: EmaConfig | None = None  # a classifier needs no EMA; BatchNorm statistics stay those trained
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    seed: int = 0
-    deterministic: bool = False
-    num_workers: int = Field(2, ge=0)
-    log_every: int = Field(10, ge=1)
 
 
 class ReidTask(TrainTask):

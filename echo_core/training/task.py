@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
+from echo_core.config import StrictModel
 from echo_core.tracking import Tracker
 from echo_core.training.checkpoint import CheckpointConfig, trajectory_hash
 from echo_core.training.data_order import DataOrder, LoaderOrder
@@ -44,6 +46,19 @@ class LoopConfig(Protocol):
     log_every: int
 
     def model_dump(self, *, mode: str = "python") -> dict[str, Any]: ...
+
+
+class LoopSettings(StrictModel):
+    """The `LoopConfig` fields with their defaults, for a task's config to inherit (LVDM, LIDM, re-id): one
+    definition of how the trainer is driven; a task overrides only what differs (e.g. `ema: None`)."""
+
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    ema: EmaConfig | None = Field(default_factory=EmaConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms + no DataLoader workers
+    num_workers: int = Field(2, ge=0)
+    log_every: int = Field(10, ge=1)
 
 
 class TrainTask(abc.ABC):
