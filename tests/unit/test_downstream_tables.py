@@ -92,6 +92,17 @@ def test_rows_are_compared_with_the_control_on_paired_draws():
     assert "improvement" not in scored["mean"] and -0.05 < scored["mean"]["metrics"]["r2"]["value"] < 0.0
 
 
+def test_no_row_beats_the_control_when_a_class_has_a_single_test_unit():
+    """One TEST patient per class (the demo's CardiacNet): every draw holds the same set, the interval is the
+    point, and a better point value must not be reported as beating the control."""
+    truth = np.array([10.0, 40.0, 70.0, 90.0])
+    rows = [RowPredictions("good", False, truth + 1.0, {}), RowPredictions("mean", True, np.full(4, 50.0), {})]
+    scored = score_rows(rows, regression_scores, ("mae",), truth, np.arange(4).astype(str), np.arange(4), BOOT)
+    gain = scored["good"]["improvement"]["mae"]
+    assert gain["value"] > 0 and gain["ci_low"] == gain["ci_high"]  # collapsed
+    assert scored["good"]["beats_control"] == {"mae": False}
+
+
 @pytest.mark.parametrize("num_classes", [2, 4])
 def test_rank_auc_is_the_sklearn_auc(num_classes):
     rng = np.random.default_rng(num_classes)
