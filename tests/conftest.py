@@ -36,12 +36,10 @@ def repo_root() -> Path:
 @pytest.fixture
 def one_torch_thread():
     """2 shared cores: one intra-op thread avoids oversubscription (small convs run ~10x slower otherwise)."""
-    import torch
+    from support.threads import one_torch_thread as one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from support.servers import dask_behind_prefect
+from support.threads import one_torch_thread
 from support.tiny_lvdm import WINDOW, make_lvdm_folder, make_vae_folder, tiny_config
 
 pytestmark = [pytest.mark.integration]
@@ -38,7 +39,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory):
     """(root, params.yaml, digest of the sequential run's folder), with cwd and MLflow store set to root."""
-    import torch
 
     from echo_core.config import load_section
     from echo_core.generation.generate import SampleConfig
@@ -46,14 +46,12 @@ def project(tmp_path_factory: pytest.TempPathFactory):
     from pipelines.serving.register import register_serving_model
 
     root = tmp_path_factory.mktemp("sample-shards")
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, one_torch_thread():
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
         # CPU results depend on torch's intra-op thread count (measured: 1 vs 2 threads give other bits), and
         # Dask's nanny starts workers with OMP_NUM_THREADS=1: the sequential reference uses one thread too.
         mp.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
         (root / "mlruns").mkdir()
         register_serving_model(make_lvdm_folder(root / "lvdm"), make_vae_folder(root / "vae"), alias="candidate",
                                tags={"data_dvc_hash": "md5:test"})
@@ -63,7 +61,6 @@ def project(tmp_path_factory: pytest.TempPathFactory):
         report = run_sampling(MODEL_URI, sequential, load_section(SampleConfig, "sample", params), track=False)
         assert (report.generated, report.skipped) == (4, 0)
         yield root, params, tree_digest(sequential)
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

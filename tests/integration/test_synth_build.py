@@ -7,10 +7,10 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from support.heart_data import tiny_lidm_section
 from support.privacy_data import tiny_reid_section, write_reid_store
+from support.threads import one_torch_thread
 from support.tiny_lvdm import make_bundle
 from typer.testing import CliRunner
 
@@ -29,22 +29,20 @@ SYNTH = {"kind": "dynamic", "num_frames": 8, "ef": "uniform", "ef_range": [30, 6
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("synth")
-    store = write_reid_store(root / "store")
-    lidm = train_lidm(LidmTrainConfig.model_validate(tiny_lidm_section(
-        conditioning={"class_id": False}, optim={"lr": 2e-3, "warmup_steps": 2, "batch_size": 8, "max_steps": 10})),
-        [store], root / "lidm").folder
-    # a briefly trained re-identification net: the filter's decisions are tested in test_privacy.py
-    reid_cfg = tiny_reid_section(optim={"lr": 1e-3, "warmup_steps": 5, "batch_size": 32, "max_steps": 40},
-                                 checkpoint={"every": 40, "total_limit": 1})
-    reid = train_reid(ReidTrainConfig(**reid_cfg), [store], root / "privacy").folder
-    calibrate(reid, [store], PrivacyConfig(frames_per_video=4))
-    (root / "params.yaml").write_text(yaml.safe_dump({"synth": {"dynamic": SYNTH},
-                                                      "sample_lidm": {"sampler": "euler", "steps": 4}}))
-    yield {"root": root, "store": store, "lidm": lidm, "reid": reid, "bundle": make_bundle(root / "lvdm")}
-    torch.set_num_threads(torch_threads)
+    with one_torch_thread():
+        root = tmp_path_factory.mktemp("synth")
+        store = write_reid_store(root / "store")
+        lidm = train_lidm(LidmTrainConfig.model_validate(tiny_lidm_section(
+            conditioning={"class_id": False}, optim={"lr": 2e-3, "warmup_steps": 2, "batch_size": 8, "max_steps": 10})),
+            [store], root / "lidm").folder
+        # a briefly trained re-identification net: the filter's decisions are tested in test_privacy.py
+        reid_cfg = tiny_reid_section(optim={"lr": 1e-3, "warmup_steps": 5, "batch_size": 32, "max_steps": 40},
+                                     checkpoint={"every": 40, "total_limit": 1})
+        reid = train_reid(ReidTrainConfig(**reid_cfg), [store], root / "privacy").folder
+        calibrate(reid, [store], PrivacyConfig(frames_per_video=4))
+        (root / "params.yaml").write_text(yaml.safe_dump({"synth": {"dynamic": SYNTH},
+                                                          "sample_lidm": {"sampler": "euler", "steps": 4}}))
+        yield {"root": root, "store": store, "lidm": lidm, "reid": reid, "bundle": make_bundle(root / "lvdm")}
 
 
 def _build(parts, *extra: str):

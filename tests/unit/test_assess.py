@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from support.threads import one_torch_thread
 from typer.testing import CliRunner
 
 from echo_core.data.filelist import read_filelist, write_filelist
@@ -73,19 +74,16 @@ def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The phantom project, judged once; every test of the module runs inside its one-thread limits."""
-    import torch
     from threadpoolctl import threadpool_limits
 
     # on 2 shared cores a 2-thread OpenBLAS spin-waits: the bootstrap's small SVDs run ~9x slower
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("assess")
-    with pytest.MonkeyPatch.context() as mp, threadpool_limits(1):
-        # its own MLflow store, so the registry tests count only this module's judges and controls runs
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-        mp.chdir(root)  # MLflow's staging folder goes under the project, not the repository
-        yield _build_project(root)
-    torch.set_num_threads(torch_threads)
+    with one_torch_thread():
+        root = tmp_path_factory.mktemp("assess")
+        with pytest.MonkeyPatch.context() as mp, threadpool_limits(1):
+            # its own MLflow store, so the registry tests count only this module's judges and controls runs
+            mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+            mp.chdir(root)  # MLflow's staging folder goes under the project, not the repository
+            yield _build_project(root)
 
 
 def _build_project(root: Path) -> SimpleNamespace:

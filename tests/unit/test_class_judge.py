@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from support.threads import one_torch_thread
 from typer.testing import CliRunner
 
 from echo_core.data.filelist import read_filelist, write_filelist
@@ -51,14 +52,11 @@ def _cli(*args):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    import torch
     from threadpoolctl import threadpool_limits
 
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # 2 shared cores: a 2-thread BLAS spin-waits in the bootstrap's small SVDs
+    # 2 shared cores: a 2-thread BLAS spin-waits in the bootstrap's small SVDs
+    with one_torch_thread(), threadpool_limits(1):
         yield _build_project(tmp_path_factory.mktemp("class_judge"))
-    torch.set_num_threads(torch_threads)
 
 
 def _build_project(root: Path) -> SimpleNamespace:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from support.threads import one_torch_thread
 
 from echo_core.data.video import write_video
 from echo_core.downstream.classification import (
@@ -32,12 +33,10 @@ FPS = 30.0
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread_deterministic():
     # One thread: on a shared 2-core machine, OpenMP spinning makes small 3D convs ~40x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.use_deterministic_algorithms(False)
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+        torch.use_deterministic_algorithms(False)
 
 
 # --------------------------------------------------------------------------------------- phantom videos

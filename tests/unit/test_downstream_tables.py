@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from support import REPO_ROOT
 from support.latent_data import make_prepared_dataset
+from support.threads import one_torch_thread
 from typer.testing import CliRunner
 
 from echo_core.downstream.classification import ClassificationConfig
@@ -36,10 +36,8 @@ BOOT = BootstrapSettings(resamples=300, seed=0)
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # 2 shared cores: OpenMP spinning makes small 3D convs many times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def beating(ef: float, rng: np.random.Generator, frames: int = 16, size: int = 16) -> np.ndarray:

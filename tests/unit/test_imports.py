@@ -23,6 +23,7 @@ from support.reference_folders import (
     write_reference_lvdm,
     write_reference_reid,
 )
+from support.threads import one_torch_thread
 from typer.testing import CliRunner
 
 from echo_core.errors import WeightsError
@@ -44,13 +45,11 @@ VAE = {"sha256": "ab" * 32, "scaling_factor": 0.5}
 def project(tmp_path_factory, vae_folder):
     """A working folder (the session's MLflow store: a new sqlite store costs ~8 s of migrations); the VAE's
     sha256; one thread (2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("imports")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        yield {"root": root, "vae": vae_folder, "vae_sha": load_vae(vae_folder)[1].weights_sha256}
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        root = tmp_path_factory.mktemp("imports")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(root)
+            yield {"root": root, "vae": vae_folder, "vae_sha": load_vae(vae_folder)[1].weights_sha256}
 
 
 @pytest.fixture(scope="module")

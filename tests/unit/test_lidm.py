@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from support.heart_data import VAE_SHA, class_pattern, tiny_lidm_section, write_heart_store
+from support.threads import one_torch_thread
 from typer.testing import CliRunner
 
 from echo_core.errors import DataError, UsageError, WeightsError
@@ -28,20 +29,18 @@ TRAIN_STEPS = 60
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The heart store and an LIDM trained on it by `echoforge lidm train` into the module's own store."""
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("lidm")
-    store = write_heart_store(root / "store")
-    (root / "params.yaml").write_text(yaml.safe_dump({"train_lidm_toy": tiny_lidm_section(
-        optim={"lr": 2e-3, "warmup_steps": 5, "batch_size": 8, "max_steps": TRAIN_STEPS})}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-        mp.chdir(root)
-        result = CliRunner().invoke(app, ["lidm", "train", "--data", str(store), "--out", "out", "--dataset", "toy",
-                                          "--tracings", str(store / "VolumeTracings.csv")])
-        assert result.exit_code == 0, result.output + repr(result.exception)
-        yield root
-    torch.set_num_threads(torch_threads)
+    with one_torch_thread():
+        root = tmp_path_factory.mktemp("lidm")
+        store = write_heart_store(root / "store")
+        (root / "params.yaml").write_text(yaml.safe_dump({"train_lidm_toy": tiny_lidm_section(
+            optim={"lr": 2e-3, "warmup_steps": 5, "batch_size": 8, "max_steps": TRAIN_STEPS})}))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+            mp.chdir(root)
+            result = CliRunner().invoke(app, ["lidm", "train", "--data", str(store), "--out", "out", "--dataset", "toy",
+                                              "--tracings", str(store / "VolumeTracings.csv")])
+            assert result.exit_code == 0, result.output + repr(result.exception)
+            yield root
 
 
 def test_ed_frames_pick_the_larger_ventricle_for_chords_and_outlines(tmp_path):

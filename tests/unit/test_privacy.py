@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from support.privacy_data import SPLITS, tiny_reid_section, video, write_hearts, write_reid_store
+from support.threads import one_torch_thread
 
 from echo_core.errors import DataError, WeightsError
 from echo_core.models.reid import REID_CONFIG_FILE, build_reid_net, normalise_frames
@@ -33,14 +34,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def reid(tmp_path_factory) -> dict:
     """A small re-id net trained 300 CPU steps through `train_reid`, calibrated with k = 4 (~40 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("reid")
-    store = write_reid_store(root / "store")
-    tracker = NullTracker()
-    result = train_reid(ReidTrainConfig(**tiny_reid_section()), [store], root / "run", tracker=tracker)
-    record = calibrate(result.folder, [store], PrivacyConfig(frames_per_video=K))
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        root = tmp_path_factory.mktemp("reid")
+        store = write_reid_store(root / "store")
+        tracker = NullTracker()
+        result = train_reid(ReidTrainConfig(**tiny_reid_section()), [store], root / "run", tracker=tracker)
+        record = calibrate(result.folder, [store], PrivacyConfig(frames_per_video=K))
     return {"root": root, "store": store, "model": result.folder, "tracker": tracker, "record": record}
 
 
