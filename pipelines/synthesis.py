@@ -21,16 +21,18 @@ def build_dataset(dataset: str, num_videos: int, data: Path, reid: str, out: Pat
     of each video becomes the FileList's `EF_measured`. `run_step(name, step, *args)` runs each step: a plain
     call here, a Prefect task in the `synthesize` flow."""
     from echo_core.config import load_section
+    from echo_core.evaluation.judge_file import load_ef_judge
     from echo_core.generation.synth_dataset import SynthConfig, split_counts
 
     cfg = load_section(SynthConfig, f"synth.{dataset}", params, {"splits": splits} if splits else None)
     split_counts(cfg.splits, num_videos)  # a spec that does not add up fails before any compute
+    judge = load_ef_judge(ef_judge) if ef_judge else None  # so does an unreadable judge file
     work = out.with_name(f"{out.name}.work")
     hearts, scores = run_step("hearts", surviving_hearts, dataset, cfg, num_videos, data, reid, lidm, params, seed,
                               work)
     samples = run_step("videos", animate, cfg, hearts, data, lvdm, vae, params, seed, work)
     models = {"lidm": lidm or f"models:/echo-lidm@{dataset}", "reid": reid, "lvdm": lvdm}
-    table = run_step("assemble", assemble, dataset, cfg, hearts, samples, scores, data, seed, out, models, ef_judge)
+    table = run_step("assemble", assemble, dataset, cfg, hearts, samples, scores, data, seed, out, models, judge)
     return cfg, table
 
 
@@ -108,13 +110,11 @@ def real_train_efs(data: Path) -> list[float]:
 
 
 def assemble(dataset: str, cfg, hearts, samples: Path, scores: Path, data: Path, seed: int, out: Path,
-              models: dict[str, str], ef_judge: Path | None = None):
-    from echo_core.evaluation.judge_file import load_ef_judge
+              models: dict[str, str], judge=None):
     from echo_core.generation.synth_dataset import assemble_dataset
     from pipelines.tracking import git_commit
 
     manifest = {"dataset": dataset, "kind": cfg.kind, "synthetic": True, "seed": seed, "models": models,
                 "real_store": str(data), "config": cfg.model_dump(mode="json"), "git_commit": git_commit(),
                 "privacy": "every video's heart passed the re-identification filter (privacy_scores.csv)"}
-    judge = load_ef_judge(ef_judge) if ef_judge else None
     return assemble_dataset(samples, hearts, scores, out, cfg, seed=seed, manifest=manifest, judge=judge)

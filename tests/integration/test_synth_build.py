@@ -14,7 +14,7 @@ from support.threads import one_torch_thread
 from support.tiny_lvdm import make_bundle
 from typer.testing import CliRunner
 
-from echo_core.errors import UsageError
+from echo_core.errors import DataError, UsageError
 from echo_core.privacy.calibrate import PrivacyConfig, calibrate
 from echo_core.training.lidm import LidmTrainConfig, train_lidm
 from echo_core.training.reid import ReidTrainConfig, train_reid
@@ -113,3 +113,11 @@ def test_the_synthesize_flow_runs_the_build_as_tasks_and_validates_the_dataset(p
     assert cli.is_dir() or _build(parts).exit_code == 0
     assert {p.name: p.read_bytes() for p in (built / "Videos").iterdir()} == \
         {p.name: p.read_bytes() for p in (cli / "Videos").iterdir()}
+
+
+def test_an_unreadable_ef_judge_fails_before_any_compute(parts, monkeypatch):
+    monkeypatch.chdir(parts["root"])
+    missing = parts["root"] / "no_judge.json"
+    result = _build(parts, "--ef-judge", str(missing), "--out", str(parts["root"] / "bad"))
+    assert isinstance(result.exception, DataError) and str(missing) in str(result.exception)
+    assert not (parts["root"] / "bad").exists() and not (parts["root"] / "bad.work").exists()
