@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -253,13 +254,59 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
+OWNER_TAG = "echoforge.owner"  # host:pid:start-time of the process that holds the run open
+
+
+def process_owner(pid: int | None = None) -> str:
+    import psutil
+
+    proc = psutil.Process(pid or os.getpid())
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.2f}"
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """True only when the owner ran on THIS host and that process no longer exists (a pid reused by another
+    process has another start time). Runs owned elsewhere cannot be judged from here and are left alone."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        return process_owner(int(pid)) != owner
+    except Exception:  # psutil.NoSuchProcess / AccessDenied: gone (or not ours to judge: AccessDenied is rare)
+        return True
+
+
+def close_orphaned_runs(exp_id: str, run_name: str | None, keep: str | None = None) -> list[str]:
+    """A SIGKILLed stage leaves its run RUNNING forever (no `finally` runs). Before a stage opens its run, the
+    earlier runs of the same name whose owning process is gone are ended as KILLED and tagged, so the
+    registry never shows a run as live that nobody is writing (the re-run's own run carries the results)."""
+    if not run_name:
+        return []
+    client = _mlflow().MlflowClient()
+    query = f"attributes.status = 'RUNNING' and attributes.run_name = '{run_name}'"
+    closed = []
+    for run in client.search_runs([exp_id], filter_string=query, max_results=200):
+        owner = run.data.tags.get(OWNER_TAG, "")
+        if run.info.run_id == keep or not owner or not _owner_is_gone(owner):
+            continue
+        client.set_tag(run.info.run_id, "echoforge.orphaned", "owner process ended without closing the run")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    if closed:
+        log.warning("ended %d orphaned RUNNING run(s) named %r as KILLED: %s", len(closed), run_name, closed)
+    return closed
+
+
 @contextlib.contextmanager
 def start_run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
               run_id: str | None = None) -> Iterator[MlflowTracker]:
     """Open (or re-open, for resume) a run; FINISHED on success, FAILED on error; metrics always flushed."""
     mlflow = _mlflow()
     exp_id = ensure_experiment(experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, run_id=run_id, tags=tags) as run:
+    close_orphaned_runs(exp_id, run_name, keep=run_id)
+    owned = {**(tags or {}), OWNER_TAG: process_owner()}
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, run_id=run_id, tags=owned) as run:
         tracker = MlflowTracker(run.info.run_id)
         try:
             yield tracker
