@@ -6,6 +6,9 @@ these. The message names the file / row / field and the fix; the CLI prints it w
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class EchoForgeError(Exception):
     """Base of every error a user can cause. `exit_code` is what the CLI exits with."""
@@ -43,3 +46,22 @@ class WeightsError(EchoForgeError):
 
 class TrackingError(EchoForgeError):
     """The tracking server or model registry cannot satisfy a request."""
+
+
+class DiskFullError(EchoForgeError):
+    """A write found no room: the disk or a quota is full, or the file passed a file-size limit."""
+
+
+# no space left, a quota (EDQUOT), a file-size limit (EFBIG, `ulimit -f` / RLIMIT_FSIZE)
+_DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EFBIG: "the file is larger than the file-size limit"}
+
+
+def disk_full_error(exc: OSError, path: str | os.PathLike | None) -> DiskFullError | None:
+    """The user-facing error for an OSError that means "no room to write `path`"; None for any other."""
+    reason = _DISK_FULL.get(exc.errno)
+    if reason is None:
+        return None
+    return DiskFullError(f"disk full writing {path or 'an output file'}: {reason}",
+                         fix="free space on that filesystem (or raise the quota / `ulimit -f`) and re-run the "
+                             "same command; the unfinished file was not kept")

@@ -61,11 +61,17 @@ _build()
 
 def main() -> None:
     """Run the CLI; user-caused errors print one clear message (no traceback) and exit non-zero."""
-    from echo_core.errors import EchoForgeError
+    from echo_core.errors import EchoForgeError, disk_full_error
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        app()  # standalone: click prints usage errors itself (exit 2) and calls sys.exit
+        try:
+            app()  # standalone: click prints usage errors itself (exit 2) and calls sys.exit
+        except OSError as exc:  # a full disk met outside the atomic writers (a library's own file write)
+            full = disk_full_error(exc, exc.filename)
+            if full is None:
+                raise
+            raise full from exc
     except EchoForgeError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from echo_core.errors import disk_full_error
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
@@ -30,6 +32,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         _fsync_file(tmp_path)
         os.replace(tmp_path, target)
+    except OSError as exc:
+        _raise_disk_full(exc, target)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -51,6 +56,9 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+    except OSError as exc:
+        _raise_disk_full(exc, target)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -63,6 +71,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _raise_disk_full(exc: OSError, target: Path) -> None:
+    """A full disk or a file-size limit, raised as the typed error naming the final path (a write's own
+    OSError names no file, or only the temp one)."""
+    full = disk_full_error(exc, target)
+    if full is not None:
+        raise full from exc
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

@@ -9,39 +9,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
-from support.latent_data import make_prepared_dataset
+from support.evaluate_data import METRICS, write_evaluation_dataset, write_evaluation_params
 from support.tiny_lvdm import make_bundle
 from typer.testing import CliRunner
 
-from echo_core.data.filelist import CARDIACNET_CLASSES, read_filelist, write_filelist
-from echo_core.data.reference import build_reference
-from echo_core.latents.store import LatentMeta, latent_path, write_latents
+from echo_core.data.filelist import read_filelist
 from echo_core.metrics.api import FALLBACK_METRIC_NAMES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "echo-lvdm-evaluate-test"
 MODEL_CLS = "echo-lvdm-evaluate-test-cls"
-SPLITS = ("TRAIN", "TRAIN", "VAL", "TRAIN", "TEST", "TRAIN", "VAL", "TRAIN", "TEST", "TRAIN")
-METRICS = ["fd_fallback", "fvd16_fallback", "is_fallback", "kid_fallback"]
-
-
-def _dataset(root: Path, name: str, classes: bool = False) -> None:
-    """outputs/{prepared,reference,latents}/<name>: 10 pulsing-blob videos (6 TRAIN, 2 VAL, 2 TEST)."""
-    prepared = make_prepared_dataset(root / "prepared" / name, num_videos=10, frames=(16, 20), splits=SPLITS)
-    df = read_filelist(prepared / "FileList.csv")
-    if classes:  # CardiacNet columns: fixed-map class ids, one patient per video
-        df = df.drop(columns=["EF"]).assign(class_id=[0, 1, 0, 1, 1, 0, 1, 0, 0, 1],  # both classes per split
-                                             patient_id=[f"p{i}" for i in range(len(df))])
-        df["class_name"] = df["class_id"].map(CARDIACNET_CLASSES)
-        write_filelist(df, prepared / "FileList.csv")
-    build_reference(prepared, root / "reference" / name, frames=16, fps=32.0)
-    meta = LatentMeta(fps=32.0, source_sha256="x", scaling_factor=0.5, mode="mean")
-    torch.manual_seed(0)
-    for file_name, frames in zip(df["FileName"], df["NumberOfFrames"], strict=True):
-        write_latents(latent_path(root / "latents" / name, file_name), torch.randn(int(frames), 4, 14, 14), meta)
-    write_filelist(df, root / "latents" / name / "FileList.csv")
 
 
 def _register(bundle: Path, name: str) -> str:
@@ -63,18 +41,9 @@ def _gate(path: Path, ratio_max: float, require_verdict: bool = False) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("evalproj")
-    _dataset(root / "outputs", "toy")
-    _dataset(root / "outputs", "toycls", classes=True)
-    params = {
-        "datasets": {"toy": {}, "toycls": {}},
-        "sample": {"sampler": "ddim", "steps": 1, "num_frames": 16, "fps": 32.0, "batch_size": 4, "device": "cpu"},
-        "evaluate": {"datasets": ["toy"], "sample": {"num_samples": 4}, "ratio_metrics": ["fvd16_fallback"],
-                     "metrics": {"metrics": METRICS, "allow_fewer": True, "kid_subsets": 10, "kid_subset_size": 8}},
-        "downstream": {"regression": {"width": 2, "epochs": 1, "frames": 8, "size": 32, "batch_size": 4},
-                       "classification": {"width": 2, "epochs": 1, "frames": 8, "size": 32, "batch_size": 4,
-                                          "folds": 2, "train_on": "synthetic"}},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_evaluation_dataset(root / "outputs", "toy")
+    write_evaluation_dataset(root / "outputs", "toycls", classes=True)
+    write_evaluation_params(root / "params.yaml", ("toy", "toycls"))
     return root
 
 

@@ -43,7 +43,11 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
         with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+        text = err.read()
+        try:
+            return err.code, json.loads(text or b"{}")
+        except json.JSONDecodeError:  # the scoring server's timeout answer is plain text despite its JSON type
+            return err.code, {"message": text.decode(errors="replace")}
 
 
 def _wait_ping(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -61,7 +65,7 @@ def _wait_ping(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Stop uvicorn (the child mlflow execs) and then mlflow itself, each by its PID."""
+    """Stop uvicorn (the child mlflow execs) and then mlflow itself, each by its PID (killed after 15 s)."""
     import psutil
 
     try:
@@ -70,7 +74,9 @@ def _stop(proc: subprocess.Popen) -> None:
         children = []
     for child in children:
         child.terminate()
-    psutil.wait_procs(children, timeout=15)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    for child in alive:  # e.g. uvicorn still joining a request thread that outlived its timeout
+        child.kill()
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -96,16 +102,25 @@ def server(tmp_path_factory):
     info = register_serving_model(make_lvdm_folder(root / "lvdm"), vae, alias="candidate",
                                   tags={"data_dvc_hash": "md5:test"}, limits=limits, hearts=hearts)
     MlflowClient(tracking_uri()).set_registered_model_alias("echo-lvdm", "champion", info.version)
+    with _serve("models:/echo-lvdm@champion", root, timeout_s=600) as port:
+        yield port, info
+
+
+@contextlib.contextmanager
+def _serve(model_uri: str, cwd: Path, timeout_s: int):
+    """`mlflow models serve` of `model_uri` on a free loopback port, cutting requests off after `timeout_s`."""
+    from pipelines.tracking import tracking_uri
+
     port = _free_port()
     # mlflow execs `uvicorn` by name: the venv's bin must be on PATH (as it is in an activated venv)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "600",
-           "OMP_NUM_THREADS": "2", "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen([str(MLFLOW), "models", "serve", "-m", "models:/echo-lvdm@champion", "--env-manager",
-                             "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=root,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "OMP_NUM_THREADS": "2",
+           "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([str(MLFLOW), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port), "--timeout", str(timeout_s)], env=env, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_ping(port, proc)
-        yield port, info
+        yield port
     finally:
         _stop(proc)
 
@@ -247,3 +262,28 @@ def test_a_50_mb_body_and_the_largest_allowed_request_are_answered_not_crashed(s
     assert status == 200 and len(body["predictions"]) == 4
     status, body = _post(port, {"dataframe_records": [{"ef": 50.0}] * 5})
     assert status == 400 and "rows" in body["message"]
+
+
+SLOW_TIMEOUT_S = 3
+
+
+def test_a_request_slower_than_the_timeout_gets_504_and_the_server_answers_the_next(tmp_path):
+    """`mlflow models serve --timeout` (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT) bounds how long a client waits:
+    a request whose work takes longer (here 64 frames x 40 steps on CPU, well within the default caps) is
+    answered 504 at the timeout, not left hanging; the server stays up and answers the next request."""
+    from echo_core.generation.requests import ServingLimits
+    from pipelines.serving.register import register_serving_model
+
+    info = register_serving_model(make_lvdm_folder(tmp_path / "lvdm"), make_vae_folder(tmp_path / "vae"),
+                                  limits=ServingLimits(), registered_model_name="echo-lvdm-slow")
+    with _serve(f"models:/echo-lvdm-slow/{info.version}", tmp_path, timeout_s=SLOW_TIMEOUT_S) as port:
+        started = time.monotonic()
+        status, body = _post(port, {"dataframe_records": [{"ef": 50.0}],
+                                    "params": {"num_frames": 64, "num_inference_steps": 40, "seed": 1}})
+        waited = time.monotonic() - started
+        assert status == 504 and "exceeded" in body["message"], (status, str(body)[:300])
+        assert SLOW_TIMEOUT_S <= waited < SLOW_TIMEOUT_S + 5
+        status, body = _post(port, {"dataframe_records": [{"ef": 50.0}],
+                                    "params": {"num_frames": 4, "num_inference_steps": 1, "seed": 1}})
+        assert status == 200 and len(body["predictions"]) == 1, str(body)[:300]
+        print(f"slow request cut off after {waited:.1f} s (timeout {SLOW_TIMEOUT_S} s)")
