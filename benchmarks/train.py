@@ -10,14 +10,19 @@ On CPU both run in fp32: CPU fp16 autocast is not a meaningful setting (no fast 
 bf16 autocast is not what the reference ran, so fp32 keeps the comparison about the procedure.
 
 Same hardware, process, data (a temporary store of random latents written in both formats), batch size,
-clip length and DataLoader workers. Per phase: warm-up steps, then timed steps; data-loading time is the
-time spent fetching batches, reported separately. Peak memory: RSS sampled every 5 ms (absolute, and the
-rise above the RSS at phase start; freed memory is returned to the OS between phases with malloc_trim),
-plus CUDA max allocated on GPU.
+clip length and DataLoader workers. Each arm is built and warmed up in turn (peak memory: RSS sampled every
+5 ms over build + warm-up, absolute and the rise above the RSS at its start, freed memory returned to the
+OS between arms with malloc_trim; plus CUDA max allocated on GPU), then the arms are timed interleaved:
+ABBA rounds of a few steps per arm, every step timed alone (synchronised), >= 10 timed steps per arm;
+median/min/max per step. Data-loading time is the time spent fetching batches, reported separately.
+FLOPs per step: torch.utils.flop_counter over one step (forward + backward) of the first, uncompiled arm;
+achieved FLOP/s = FLOPs / median step; MFU against the device's dense bf16 peak (PEAK_TFLOPS, or
+--peak-tflops; none on CPU without it). `--switches`: ours with each `optim` speed switch off vs on, a
+fresh interleaved pair per switch, then all listed switches together.
 
     .venv/bin/python benchmarks/train.py                      # tiny (b4, 16 frames) + reference (b1, 16 frames)
-    .venv/bin/python benchmarks/train.py --configs tiny --steps 10 --warmup 2
-Results: benchmarks/results/train.json (one entry per "<config>_<device>", merged).
+    .venv/bin/python benchmarks/train.py --configs tiny --switches
+Results: benchmarks/results/train.json (one entry per "<config>_<device>" and "switches_<config>_<device>", merged).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import math
@@ -34,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.encode import PeakMemory  # noqa: E402
+from echo_core.errors import UsageError  # noqa: E402
 from echo_core.utils.atomic import write_json_atomic  # noqa: E402
 
 LATENT_SHAPE = (4, 14, 14)
@@ -54,8 +62,33 @@ TARGET_FPS = 32.0
 NOISE_OFFSET = 0.1
 # (batch, clip frames, timed steps, warm-up steps) per UNet config on CPU; the reference UNet (~144 M
 # parameters) is measured with batch 1 and few steps so a CPU run stays in minutes.
-CPU_PLAN = {"tiny": (4, 16, 10, 2), "reference": (1, 16, 3, 1)}
+CPU_PLAN = {"tiny": (4, 16, 10, 2), "reference": (1, 16, 10, 1)}
 GPU_PLAN = {"tiny": (16, 64, 20, 3), "reference": (16, 64, 10, 3)}
+# The speed switches of `optim`: each is measured on (these settings) against off (its keys at SWITCH_OFF,
+# today's defaults), on top of the device's base precision (see `switch_pair`).
+SWITCH_OFF: dict[str, Any] = {"mixed_precision": "no", "adamw_impl": "default", "channels_last": False,
+                              "attention_backend": "default", "compile": "none"}
+SWITCHES: dict[str, dict[str, Any]] = {
+    "bf16": {"mixed_precision": "bf16"},
+    "adamw_foreach": {"adamw_impl": "foreach"},
+    "adamw_fused": {"adamw_impl": "fused"},
+    "channels_last": {"channels_last": True},
+    "sdpa_math": {"attention_backend": "math"},
+    "sdpa_flash": {"attention_backend": "flash"},
+    "sdpa_efficient": {"attention_backend": "efficient"},
+    "compile_regional": {"compile": "regional"},
+    "compile_model": {"compile": "model"},
+}
+SWITCH_KEYS = {k for on in SWITCHES.values() for k in on}
+SKIPPED_ON_CPU = {  # measured reasons, so the CPU default plan stays within minutes on 2 cores
+    "compile_regional": "the inductor took 540 s for the first 2 steps of the tiny LVDM on 2 shared cores",
+    "compile_model": "whole-model compile starts slower still than regional on CPU",
+    "sdpa_efficient": "torch has no memory-efficient attention kernel on CPU (a UsageError at build)",
+    "bf16": "bf16 autocast ran 17.8 s/step against 1.65 s in fp32 (tiny, batch 1) on the AMD EPYC of the "
+            "2-core box (no bf16 matrix units): 10x slower, and it would take most of the plan's minutes",
+}
+# dense bf16 peak TFLOP/s (H100/H200 SXM; A100), matched in torch.cuda.get_device_name
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 # ---------------------------------------------------------------- data: one store, two formats
@@ -187,6 +220,22 @@ class FetchTimer:
             self.seconds += time.perf_counter() - start
 
 
+@dataclass
+class Arm:
+    """One procedure under test: its step, its batch-fetch timer, and what it is."""
+
+    name: str
+    step: Callable[[], Any]
+    timer: FetchTimer
+    parameters: int
+    procedure: str
+    close: Callable[[], None] = lambda: None
+    compiled: bool = False
+    memory: dict[str, Any] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)  # one per timed step
+    data_seconds: float = 0.0
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -201,30 +250,44 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def measure(step: Callable[[], Any], timer: FetchTimer, steps: int, warmup: int, batch: int,
-            device: torch.device, start_rss_mb: float) -> dict[str, Any]:
-    """Run `warmup` untimed then `steps` timed calls of `step`; memory sampled over the whole phase."""
-    with PeakMemory(device) as mem:
-        for _ in range(warmup):
-            step()
-        _sync(device)
-        timer.seconds = 0.0
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        seconds = time.perf_counter() - start
-    return {"steps": steps, "warmup_steps": warmup, "seconds": round(seconds, 3),
-            "seconds_per_step": round(seconds / steps, 4), "clips_per_s": round(batch * steps / seconds, 3),
-            "data_seconds_per_step": round(timer.seconds / steps, 4),
-            "peak_rss_mb": round(mem.peak_rss_mb), "peak_rss_rise_mb": round(mem.peak_rss_mb - start_rss_mb),
-            "cuda_peak_mb": None if mem.cuda_peak_mb is None else round(mem.cuda_peak_mb)}
-
-
 def _rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def warm_up(arm: Arm, warmup: int, device: torch.device, start_rss_mb: float) -> None:
+    """The untimed first steps (compilation, allocator growth); peak memory is sampled over build + these."""
+    with PeakMemory(device) as mem:
+        for _ in range(warmup):
+            arm.step()
+        _sync(device)
+    arm.memory = {"peak_rss_mb": round(mem.peak_rss_mb), "peak_rss_rise_mb": round(mem.peak_rss_mb - start_rss_mb),
+                  "cuda_peak_mb": None if mem.cuda_peak_mb is None else round(mem.cuda_peak_mb)}
+
+
+def interleave(arms: list[Arm], reps: int, steps_per_rep: int, device: torch.device) -> None:
+    """`reps` rounds; in each, every arm runs `steps_per_rep` steps, each timed alone (synchronised), in
+    ABBA order (reversed every other round) so slow drifts of the machine's load hit all arms alike."""
+    for rep in range(reps):
+        for arm in arms if rep % 2 == 0 else arms[::-1]:
+            fetched = arm.timer.seconds
+            for _ in range(steps_per_rep):
+                start = time.perf_counter()
+                arm.step()
+                _sync(device)
+                arm.seconds.append(time.perf_counter() - start)
+            arm.data_seconds += arm.timer.seconds - fetched
+
+
+def summary(arm: Arm, batch: int, warmup: int) -> dict[str, Any]:
+    sec = np.asarray(arm.seconds)
+    return {"timed_steps": len(sec), "warmup_steps": warmup,
+            "seconds_per_step": {"median": round(float(np.median(sec)), 4), "min": round(float(sec.min()), 4),
+                                 "max": round(float(sec.max()), 4)},
+            "clips_per_s": round(batch / float(np.median(sec)), 3),
+            "data_seconds_per_step": round(arm.data_seconds / len(sec), 4), **arm.memory,
+            "parameters": arm.parameters, "procedure": arm.procedure}
 
 
 def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
@@ -232,55 +295,95 @@ def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
         yield from loader
 
 
-def run_reference(config: str, ref: Path, batch: int, frames: int, steps: int, warmup: int,
-                  workers: int, device: torch.device) -> dict[str, Any]:
+# ---------------------------------------------------------------- the two procedures
+
+
+def reference_arm(config: str, ref: Path, batch: int, frames: int, workers: int, device: torch.device) -> Arm:
     np.random.seed(0)
-    start_rss = _rss_mb()
     trainer = ReferenceTrainer(config, frames, device)
     loader = torch.utils.data.DataLoader(ReferenceLatentDataset(ref, frames), batch_size=batch, shuffle=True,
                                          drop_last=True, num_workers=workers)
     timer = FetchTimer(_batches(loader).__next__)
-    result = measure(lambda: trainer.step(timer()), timer, steps, warmup, batch, device, start_rss)
-    result["parameters"] = sum(p.numel() for p in trainer.unet.parameters())
-    result["procedure"] = ("bare UNet, fp16 autocast + GradScaler on CUDA / fp32 on CPU, whole-file torch.load "
-                           "per item, mask <= padding, AdamW + clip 1.0, diffusers EMAModel, no compile")
-    return result
+    return Arm("reference", lambda: trainer.step(timer()), timer, sum(p.numel() for p in trainer.unet.parameters()),
+               "bare UNet, fp16 autocast + GradScaler on CUDA / fp32 on CPU, whole-file torch.load per item, "
+               "mask <= padding, AdamW + clip 1.0, diffusers EMAModel, no compile")
 
 
-def run_ours(config: str, store: Path, batch: int, frames: int, steps: int, warmup: int,
-             workers: int, device: torch.device) -> dict[str, Any]:
+def ours_arm(name: str, config: str, store: Path, batch: int, frames: int, workers: int, device: torch.device,
+             optim: dict[str, Any]) -> Arm:
+    """The real `optimizer_step` of `build_run(LvdmTask)` with `optim` settings, its batch fetches timed."""
     from echo_core.training.lvdm import LvdmTask, LvdmTrainConfig
     from echo_core.training.run import build_run
     from echo_core.training.trainer import optimizer_step
 
     cfg = LvdmTrainConfig.model_validate({
         "model": {"name": config}, "dataset": {"num_frames": frames, "target_fps": TARGET_FPS},
-        "optim": {"batch_size": batch, "max_steps": 10**6, "mixed_precision": "bf16" if device.type == "cuda"
-                  else "no"},
+        "optim": {"batch_size": batch, "max_steps": 10**6, **optim},
         "validation": {"every": None}, "num_workers": workers, "seed": 0,
     })
-    start_rss = _rss_mb()
     run = build_run(LvdmTask(cfg, [store]))
     run.net.train()
     timer = FetchTimer(run.next_batch)
     run.next_batch = timer  # the real optimizer step, with its batch fetches timed
-    result = measure(lambda: optimizer_step(run), timer, steps, warmup, batch, device, start_rss)
-    result["parameters"] = sum(p.numel() for p in run.module.parameters())
-    result["procedure"] = (f"echo_core.training optimizer step (accelerate, mixed_precision="
-                           f"{cfg.optim.mixed_precision}), LatentClipDataset mmap slices, mask < padding, "
-                           "condition dropout, AdamW + clip + LR schedule, EMA")
-    run.accelerator.end_training()
-    return result
+    switches = {k: v for k, v in cfg.optim.model_dump(mode="json").items() if k in SWITCH_KEYS}
+    return Arm(name, lambda: optimizer_step(run), timer, sum(p.numel() for p in run.module.parameters()),
+               f"echo_core.training optimizer step ({switches}), LatentClipDataset mmap slices, mask < padding, "
+               "condition dropout, AdamW + clip + LR schedule, EMA", close=run.accelerator.end_training,
+               compiled=cfg.optim.compile != "none")
 
 
-# ---------------------------------------------------------------- driver
+def flops_per_step(arm: Arm) -> int:
+    """FLOPs of one step (forward + backward, as torch.utils.flop_counter counts them: matmuls, convolutions,
+    attention) on an uncompiled arm."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        arm.step()
+    return int(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------- throughput per FLOP
+
+
+def device_peak_tflops(device: torch.device, given: float | None) -> tuple[float | None, str]:
+    """(dense bf16 peak TFLOP/s, where it comes from) of the device; None on an unknown device."""
+    if given:
+        return given, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "no peak known for a CPU: pass --peak-tflops to get an MFU"
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return peak, f"{name}: table {PEAK_TFLOPS}" if peak else f"{name} is not in the peak table {PEAK_TFLOPS}"
+
+
+def utilisation(flops: int, seconds: float, peak: tuple[float | None, str]) -> dict[str, Any]:
+    achieved = flops / seconds
+    tflops, source = peak
+    return {"flops_per_step": flops, "achieved_tflops": round(achieved / 1e12, 4),
+            "mfu": None if tflops is None else round(achieved / (tflops * 1e12), 4), "peak_tflops": tflops,
+            "peak_source": source}
+
+
+# ---------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    return {"cpu": platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "device": device.type,
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "load_average_1m": round(os.getloadavg()[0], 2)}
+    import accelerate
+    import diffusers
+
+    return {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "accelerate": accelerate.__version__, "diffusers": diffusers.__version__},
+            "load_average_before": [round(x, 2) for x in os.getloadavg()]}
 
 
 def preload_modules() -> None:
@@ -292,58 +395,148 @@ def preload_modules() -> None:
     import echo_core.training.lvdm  # noqa: F401
 
 
-def bench_config(config: str, work: Path, args, device: torch.device) -> dict[str, Any]:
+# ---------------------------------------------------------------- driver
+
+
+def plan(config: str, args, device: torch.device) -> tuple[int, int, int, int]:
+    """(batch, clip frames, timed steps, warm-up steps), the device's plan with the CLI's overrides."""
     batch, frames, steps, warmup = (GPU_PLAN if device.type == "cuda" else CPU_PLAN)[config]
-    batch, steps, warmup = args.batch or batch, args.steps or steps, args.warmup if args.warmup >= 0 else warmup
-    store, ref = work / "store", work / "reference"
-    common = (batch, frames, steps, warmup, args.workers, device)
+    return (args.batch or batch, frames, args.steps or steps, args.warmup if args.warmup >= 0 else warmup)
+
+
+def run_arms(build: list[Callable[[], Arm]], args, batch: int, steps: int, warmup: int,
+             device: torch.device) -> list[dict[str, Any]]:
+    """Build and warm up each arm in turn, then time them interleaved; FLOPs are counted on each uncompiled
+    arm after its timed steps (a compiled arm gets the first arm's count: the same model and batch)."""
+    arms = []
+    for make in build:
+        _release_memory()
+        start_rss = _rss_mb()
+        arms.append(make())
+        warm_up(arms[-1], warmup, device, start_rss)
+    reps = max(2, math.ceil(steps / args.steps_per_rep))
+    interleave(arms, reps, args.steps_per_rep, device)
+    peak = device_peak_tflops(device, args.peak_tflops)
+    results, first = [], None
+    for arm in arms:
+        flops = first if arm.compiled else flops_per_step(arm)
+        first = first or flops
+        results.append({**summary(arm, batch, warmup), **utilisation(flops, float(np.median(arm.seconds)), peak)})
+        arm.close()
+    del arms
     _release_memory()
-    reference = run_reference(config, ref, *common)
-    _release_memory()
-    ours = run_ours(config, store, *common)
-    _release_memory()
+    return results
+
+
+def bench_config(config: str, work: Path, args, device: torch.device) -> dict[str, Any]:
+    batch, frames, steps, warmup = plan(config, args, device)
+    base = {"mixed_precision": "bf16" if device.type == "cuda" else "no"}
+    common = (batch, frames, args.workers, device)
+    ours, reference = run_arms([lambda: ours_arm("ours", config, work / "store", *common, base),
+                                lambda: reference_arm(config, work / "reference", *common)],
+                               args, batch, steps, warmup, device)
     ratio = {"clips_per_s": round(ours["clips_per_s"] / reference["clips_per_s"], 3),
-             "seconds_per_step": round(ours["seconds_per_step"] / reference["seconds_per_step"], 3),
              "data_seconds_per_step": round(ours["data_seconds_per_step"]
                                             / max(reference["data_seconds_per_step"], 1e-9), 3),
              "peak_rss_rise_mb": round(ours["peak_rss_rise_mb"] / max(reference["peak_rss_rise_mb"], 1), 3)}
     if ours["cuda_peak_mb"] and reference["cuda_peak_mb"]:
         ratio["cuda_peak_mb"] = round(ours["cuda_peak_mb"] / reference["cuda_peak_mb"], 3)
-    return {"benchmark": "train", **machine_info(device), "unet_config": config, "batch": batch,
-            "clip_frames": frames, "dataloader_workers": args.workers,
-            "data": {"videos": args.videos, "frames_per_video": args.frames, "latent": list(LATENT_SHAPE),
-                     "store_fps": STORE_FPS, "target_fps": TARGET_FPS, "kind": "random latents"},
-            "reference": reference, "ours": ours, "ratio_ours_over_reference": ratio,
-            "gpu_note": None if device.type == "cuda" else
-            "no GPU lent to this task; MFU and the 'what fits on which GPU' table not measured",
-            "method": __doc__.split("\n\n", 1)[1].split("\n    .venv")[0].strip()}
+    return {"benchmark": "train", "unet_config": config, "batch": batch, "clip_frames": frames,
+            "dataloader_workers": args.workers, "interleaved": f"ABBA rounds of {args.steps_per_rep} steps",
+            "reference": reference, "ours": ours, "ratio_ours_over_reference": ratio}
 
 
-def main() -> None:
+def bench_switches(config: str, work: Path, args, device: torch.device) -> dict[str, Any]:
+    """Ours with each switch on against one shared off arm, all interleaved together; then the switches that
+    sped the step up, all on, against a fresh off arm."""
+    batch, frames, steps, warmup = plan(config, args, device)
+    arm = functools.partial(ours_arm, config=config, store=work / "store", batch=batch, frames=frames,
+                            workers=args.workers, device=device)
+    base = {"mixed_precision": "bf16" if device.type == "cuda" else "no"}
+    rows, runnable = {}, {}
+    for name in args.switch_list:  # a switch this device/torch cannot run is recorded, the others still run
+        try:
+            arm(name, optim={**base, **SWITCHES[name]}).close()
+            runnable[name] = SWITCHES[name]
+        except UsageError as exc:
+            rows[name] = {"on": SWITCHES[name], "error": str(exc)}
+    precision = {k: v for k, v in runnable.items() if "mixed_precision" in v}  # against fp32, in a group
+    others = {k: v for k, v in runnable.items() if k not in precision}  # of their own
+    rows.update(_against_off(arm, others, base, args, batch, steps, warmup, device))
+    if precision:
+        rows.update(_against_off(arm, precision, {"mixed_precision": "no"}, args, batch, steps, warmup, device))
+    helped = {k: v for name, row in rows.items() if row.get("speedup_median", 0) > 1 for k, v in row["on"].items()}
+    if helped:
+        rows.update(_against_off(arm, {"all_that_helped": helped}, base, args, batch, steps, warmup, device))
+    return {"benchmark": "train_switches", "unet_config": config, "batch": batch, "clip_frames": frames,
+            "base": base, "interleaved": f"ABBA rounds of {args.steps_per_rep} steps over the off arm and every "
+            "switch's arm", "switches": rows,
+            "not_measured": {k: v for k, v in SKIPPED_ON_CPU.items() if k not in args.switch_list}
+            if device.type == "cpu" else {}}
+
+
+def _against_off(arm: Callable[..., Arm], switches: dict[str, dict[str, Any]], base: dict[str, Any], args,
+                 batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, dict[str, Any]]:
+    """One interleaved group: the off arm (every switch off, at the base precision) and one arm per switch
+    (off + the switch)."""
+    off = {**SWITCH_OFF, **base}
+    builds = [functools.partial(arm, "off", optim=off)]
+    builds += [functools.partial(arm, name, optim={**off, **on}) for name, on in switches.items()]
+    off_row, *on_rows = run_arms(builds, args, batch, steps, warmup, device)
+    median = off_row["seconds_per_step"]["median"]
+    return {name: {"on": on, "off": off, "off_row": off_row, "on_row": row,
+                   "speedup_median": round(median / row["seconds_per_step"]["median"], 3)}
+            for (name, on), row in zip(switches.items(), on_rows, strict=True)}
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["tiny", "reference"], choices=sorted(CPU_PLAN))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="override the per-config batch size")
-    parser.add_argument("--steps", type=int, default=None, help="override the per-config timed steps")
+    parser.add_argument("--steps", type=int, default=None, help="override the per-config timed steps (>= 10)")
     parser.add_argument("--warmup", type=int, default=-1, help="override the per-config warm-up steps")
+    parser.add_argument("--steps-per-rep", type=int, default=2, help="steps per arm per interleaved round")
+    parser.add_argument("--switches", action="store_true", help="also measure each speed switch off vs on "
+                        "(on the first of --configs)")
+    parser.add_argument("--switch-list", nargs="+", default=None, choices=sorted(SWITCHES),
+                        help="default: all on a GPU; on a CPU all but compile and efficient attention")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU (dense)")
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--frames", type=int, default=128, help="latent frames per stored video")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both procedures)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
     args = parser.parse_args()
+    if args.steps is not None and args.steps < 10:
+        parser.error("--steps must be >= 10 (timed steps per arm after the warm-up)")
+    cpu = args.device == "cpu"
+    args.switch_list = args.switch_list or [k for k in SWITCHES if not (cpu and k in SKIPPED_ON_CPU)]
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     preload_modules()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks", prefix=".train-bench-") as tmp:
         write_latent_stores(Path(tmp), args.videos, args.frames)
-        for config in args.configs:
-            entry = bench_config(config, Path(tmp), args, device)
-            results[f"{config}_{device.type}"] = entry
-            print(json.dumps({k: entry[k] for k in ("unet_config", "batch", "reference", "ours",
-                                                    "ratio_ours_over_reference")}, indent=2), flush=True)
+        entries = {f"{c}_{device.type}": lambda c=c: bench_config(c, Path(tmp), args, device) for c in args.configs}
+        if args.switches:
+            entries[f"switches_{args.configs[0]}_{device.type}"] = \
+                lambda: bench_switches(args.configs[0], Path(tmp), args, device)
+        for key, measure in entries.items():
+            machine = machine_info(device)
+            entry = measure()
+            machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            results[key] = {**entry, "machine": machine, "data": {
+                "videos": args.videos, "frames_per_video": args.frames, "latent": list(LATENT_SHAPE),
+                "store_fps": STORE_FPS, "target_fps": TARGET_FPS, "kind": "random latents"},
+                "method": __doc__.split("\n\n", 1)[1].split("\n    .venv")[0].strip()}
+            print(json.dumps({key: entry.get("ratio_ours_over_reference") or
+                              {k: v.get("speedup_median") for k, v in entry["switches"].items()}}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, results)
     print(f"wrote {args.out}")

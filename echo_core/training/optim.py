@@ -14,9 +14,17 @@ from collections.abc import Iterable
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from echo_core.config import StrictModel
+from echo_core.errors import UsageError
+
+# The speed switches change how fast a step runs, not what it computes (up to float rounding). At these
+# values (the behaviour from before they existed) they stay out of the config's dump, so the trajectory
+# hash (`--resume latest` of existing checkpoints), the logged params and every model folder's recorded
+# training config are what they were; a switch that is on is recorded.
+SPEED_DEFAULTS: dict[str, object] = {"compile": "none", "adamw_impl": "default", "channels_last": False,
+                                     "attention_backend": "default"}
 
 
 class OptimConfig(StrictModel):
@@ -36,6 +44,17 @@ class OptimConfig(StrictModel):
     max_steps: int = Field(500_000, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    # model: torch.compile the whole model; regional: each UNet down/mid/up block (the repeated modules,
+    # compiled once per block type instead of one large graph: a shorter start-up)
+    compile: Literal["none", "model", "regional"] = "none"
+    adamw_impl: Literal["default", "foreach", "fused"] = "default"  # default: torch's choice per device
+    # Conv2d weights channels-last (see run.apply_channels_last for what it does to the video UNet)
+    channels_last: bool = False
+    attention_backend: Literal["default", "math", "flash", "efficient"] = "default"  # SDPA kernel choice
+
+    @model_serializer(mode="wrap")
+    def _omit_speed_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        return {k: v for k, v in handler(self).items() if k not in SPEED_DEFAULTS or SPEED_DEFAULTS[k] != v}
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> OptimConfig:
@@ -57,9 +76,29 @@ def lr_multiplier(step: int, cfg: OptimConfig) -> float:
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only (callers pass no frozen weights)."""
-    return torch.optim.AdamW(list(params), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                             eps=cfg.eps)
+    """AdamW over the trainable parameters only (callers pass no frozen weights), on their device already:
+    `adamw_impl` foreach (one kernel per op over all tensors) or fused (one kernel per step) is checked
+    against the parameters' device here, not at the first step."""
+    impl = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.adamw_impl]
+    params = list(params)
+    if cfg.adamw_impl == "fused":
+        _check_fused(params)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps,
+                             **impl)
+
+
+def _check_fused(params: list[torch.nn.Parameter]) -> None:
+    """torch's own rule for fused AdamW (floating-point parameters on a device with the kernel), which torch
+    applies only at the first step, after the model is built and maybe compiled."""
+    from torch.optim.optimizer import _device_dtype_check_for_fused
+
+    for p in params:
+        try:
+            _device_dtype_check_for_fused(p)
+        except RuntimeError as exc:
+            raise UsageError(f"optim.adamw_impl fused is not supported by torch {torch.__version__} for a "
+                             f"{p.dtype} parameter on {p.device.type}: {exc}",
+                             fix="set optim.adamw_impl to foreach or default") from exc
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR | None:

@@ -50,19 +50,19 @@ log = logging.getLogger("echoforge.train")
 SUMMARY_FILE = "train_summary.json"
 
 
-def optimizer_step(run: TrainingRun) -> dict[str, float]:
+def optimizer_step(run: TrainingRun) -> dict[str, Any]:
     """grad_accum micro-batches → clip → AdamW → LR schedule → EMA → the task's extras. Returns this step's
-    metrics."""
+    metrics, the loss and gradient norm as device tensors: reading them is a host sync, left to `StepLog`."""
     acc, optim = run.accelerator, run.cfg.optim
-    start = time.perf_counter()
     losses = []
-    for micro in range(optim.grad_accum):
-        batch = to_device(run.next_batch(), acc.device)
-        last = micro == optim.grad_accum - 1
-        with contextlib.nullcontext() if last else acc.no_sync(run.net):  # all-reduce once per step
-            loss = run.task.loss(run.net, batch, run.generator)
-            acc.backward(loss / optim.grad_accum)
-        losses.append(loss.detach().float())
+    with run.attention():
+        for micro in range(optim.grad_accum):
+            batch = to_device(run.next_batch(), acc.device)
+            last = micro == optim.grad_accum - 1
+            with contextlib.nullcontext() if last else acc.no_sync(run.net):  # all-reduce once per step
+                loss = run.task.loss(run.net, batch, run.generator)
+                acc.backward(loss / optim.grad_accum)
+            losses.append(loss.detach().float())
     params = [p for p in run.net.parameters() if p.requires_grad]
     grad_norm = acc.clip_grad_norm_(params, optim.grad_clip or math.inf)
     lr = run.lr
@@ -74,9 +74,38 @@ def optimizer_step(run: TrainingRun) -> dict[str, float]:
         run.ema.update(run.module)
     extra = run.task.extra_step(run.step)
     mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean")
-    items = optim.batch_size * optim.grad_accum * acc.num_processes
-    return {"train/loss": float(mean_loss), "train/lr": float(lr), "train/grad_norm": float(grad_norm),
-            f"train/{run.task.items_name}_per_s": items / max(time.perf_counter() - start, 1e-9), **extra}
+    return {"train/loss": mean_loss, "train/lr": float(lr), "train/grad_norm": grad_norm, **extra}
+
+
+class StepLog:
+    """The steps since the last flush, their losses still on the device: a step never waits for the GPU to
+    finish, and `flush` (at log and checkpoint steps) reads them all with one host sync."""
+
+    def __init__(self, run: TrainingRun):
+        self.run, self.losses, self.lrs, self.last = run, [], [], {}
+        self.start: float | None = None
+
+    def step(self) -> None:
+        """One optimizer step; the throughput clock runs from the first step after a flush."""
+        if self.start is None:
+            self.start = time.perf_counter()
+        self.last = optimizer_step(self.run)
+        self.losses.append(self.last["train/loss"])
+        self.lrs.append(self.last["train/lr"])
+
+    def flush(self) -> dict[str, float]:
+        """Add the pending steps to the run's history; return the last step's metrics as floats and the
+        throughput over the flushed steps."""
+        if not self.losses:
+            return {}
+        for loss, lr in zip(torch.stack(self.losses).tolist(), self.lrs, strict=True):
+            self.run.history.add(loss, lr)
+        optim, acc = self.run.cfg.optim, self.run.accelerator
+        items = optim.batch_size * optim.grad_accum * acc.num_processes * len(self.losses)
+        metrics = {k: float(v) for k, v in self.last.items()}
+        metrics[f"train/{self.run.task.items_name}_per_s"] = items / max(time.perf_counter() - self.start, 1e-9)
+        self.losses, self.lrs, self.start = [], [], None
+        return metrics
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -179,16 +208,19 @@ def _loop(run: TrainingRun, out_dir: Path, tracker: Tracker) -> None:
     cfg, every = run.cfg, run.task.preview_every
     max_steps = cfg.optim.max_steps
     steps = range(run.step, max_steps)
+    pending = StepLog(run)
     run.net.train()
     for _ in progress(steps, desc=f"train {run.task.name}") if run.is_main else steps:
-        metrics = optimizer_step(run)
+        pending.step()
         run.step += 1
-        run.history.add(metrics["train/loss"], metrics["train/lr"])
-        if run.is_main and (run.step % cfg.log_every == 0 or run.step == max_steps):
-            tracker.log_metrics(metrics, step=run.step)
+        if run.step % cfg.log_every == 0 or run.step == max_steps:
+            metrics = pending.flush()  # every rank: the history is the same on all of them
+            if run.is_main:
+                tracker.log_metrics(metrics, step=run.step)
         if run.is_main and every and run.step % every == 0:
             _preview(run, out_dir, tracker)
         if run.step % cfg.checkpoint.every == 0 or run.step == max_steps:
+            pending.flush()  # the checkpoint's history is complete
             save_checkpoint(run, run.task.checkpoint_dir(out_dir), tracker)
 
 
