@@ -37,7 +37,7 @@ data: venv
 	@bash infra/scripts/materialize_data.sh
 
 repro: venv
-	dvc repro
+	bash infra/scripts/repro.sh
 
 test: venv
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
@@ -48,5 +48,17 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 
+## Every benchmark at its CPU-sized default -> benchmarks/results/*.json and plots (hours on 2 cores; each JSON
+## is written by its script only). The sampling, evaluation and learning ones judge the demo's own models and
+## data: run `make demo` first. GPU figures: benchmarks/gpu_all.sh on a GPU machine.
 bench: venv
+	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/prepare.py
+	$(BIN)/python benchmarks/encode.py
+	$(BIN)/python benchmarks/train.py --switches
+	$(BIN)/python benchmarks/sample.py --model models:/echo-lvdm@candidate --frames 192 --batch 1 --videos 4
+	$(BIN)/python benchmarks/sampling_quality.py --out-root outputs
+	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/learning.py
+	$(BIN)/python benchmarks/faults.py
+	$(BIN)/python benchmarks/setup_times.py

@@ -48,7 +48,7 @@ def source_folder(args, sandbox: Path) -> Path:
     """The model folder to benchmark: a tiny random bundle, or the given folder / models:/ URI (resolved in
     the project's registry, before the sandbox's store is switched on)."""
     if args.tiny:
-        sys.path.insert(0, str(ROOT / "tests" / "unit"))
+        sys.path.insert(0, str(ROOT / "tests"))  # tests/support/: the tiny model builders
         from support.tiny_lvdm import make_bundle
 
         return make_bundle(sandbox / "tiny")

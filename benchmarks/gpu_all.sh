@@ -59,8 +59,8 @@ PYBIN="$VENV/bin/python"
 : > "$OUT/steps.txt"
 if [ "$TINY" = 1 ]; then
   step train 300 "$PYBIN" benchmarks/train.py --device "$DEVICE" --configs tiny --batch 1 --steps 10 --warmup 1 \
-    --switches --switch-list adamw_impl channels_last --out "$OUT/train.json"
-  step encode 200 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae tiny --videos 2 --frames 16 --repeats 1 \
+    --switches --switch-list adamw_foreach channels_last --out "$OUT/train.json"
+  step encode 200 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae tiny --videos 2 --frames 40 --repeats 1 \
     --work "$OUT/encode-work" --out "$OUT/encode.json"
   step sample 200 "$PYBIN" benchmarks/sample.py --device "$DEVICE" --tiny --frames 16 --batch 2 --videos 2 \
     --requests 1 --out "$OUT"

@@ -44,7 +44,7 @@ def _load(args):
     from echo_core.generation.pipeline import load_pipeline
 
     if args.tiny:
-        sys.path.insert(0, str(ROOT / "tests" / "unit"))
+        sys.path.insert(0, str(ROOT / "tests"))  # tests/support/: the tiny model builders
         import atexit
         import shutil
 
