@@ -277,6 +277,15 @@ def _owner_is_gone(owner: str) -> bool:
         return True
 
 
+def _end_if_orphaned(client, run) -> bool:
+    owner = run.data.tags.get(OWNER_TAG, "")
+    if not owner or not _owner_is_gone(owner):
+        return False
+    client.set_tag(run.info.run_id, "echoforge.orphaned", "owner process ended without closing the run")
+    client.set_terminated(run.info.run_id, status="KILLED")
+    return True
+
+
 def close_orphaned_runs(exp_id: str, run_name: str | None, keep: str | None = None) -> list[str]:
     """A SIGKILLed stage leaves its run RUNNING forever (no `finally` runs). Before a stage opens its run, the
     earlier runs of the same name whose owning process is gone are ended as KILLED and tagged, so the
@@ -285,17 +294,20 @@ def close_orphaned_runs(exp_id: str, run_name: str | None, keep: str | None = No
         return []
     client = _mlflow().MlflowClient()
     query = f"attributes.status = 'RUNNING' and attributes.run_name = '{run_name}'"
-    closed = []
-    for run in client.search_runs([exp_id], filter_string=query, max_results=200):
-        owner = run.data.tags.get(OWNER_TAG, "")
-        if run.info.run_id == keep or not owner or not _owner_is_gone(owner):
-            continue
-        client.set_tag(run.info.run_id, "echoforge.orphaned", "owner process ended without closing the run")
-        client.set_terminated(run.info.run_id, status="KILLED")
-        closed.append(run.info.run_id)
+    closed = [run.info.run_id for run in client.search_runs([exp_id], filter_string=query, max_results=200)
+              if run.info.run_id != keep and _end_if_orphaned(client, run)]
     if closed:
         log.warning("ended %d orphaned RUNNING run(s) named %r as KILLED: %s", len(closed), run_name, closed)
     return closed
+
+
+def close_orphaned_runs_everywhere() -> list[str]:
+    """Every experiment's RUNNING runs whose owning process on this host is gone, ended as KILLED: for stages
+    DVC restored from its run cache, which never open a run again (pipelines/ops/repro_sweep.py)."""
+    client = _mlflow().MlflowClient(tracking_uri())
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000)
+    return [f"{run.info.run_id} ({run.info.run_name})" for run in runs if _end_if_orphaned(client, run)]
 
 
 @contextlib.contextmanager

@@ -14,14 +14,11 @@ a staging folder next to it is stale, and a RUNNING run whose process is gone wi
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
-
-log = logging.getLogger("echoforge.repro")
 
 
 def stale_staging(root: Path) -> list[Path]:
@@ -34,24 +31,6 @@ def stale_staging(root: Path) -> list[Path]:
     return sorted(p for out in outs if out.exists() and (p := out.with_name(f"{out.name}.partial")).is_dir())
 
 
-def close_orphans_everywhere() -> list[str]:
-    """End every RUNNING run, in every experiment, whose owning process on this host is gone."""
-    import mlflow
-
-    from pipelines.tracking import OWNER_TAG, _owner_is_gone, tracking_uri
-
-    client = mlflow.MlflowClient(tracking_uri())
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    closed = []
-    for run in client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000):
-        owner = run.data.tags.get(OWNER_TAG, "")
-        if owner and _owner_is_gone(owner):
-            client.set_tag(run.info.run_id, "echoforge.orphaned", "owner process ended without closing the run")
-            client.set_terminated(run.info.run_id, status="KILLED")
-            closed.append(f"{run.info.run_id} ({run.info.run_name})")
-    return closed
-
-
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
     for folder in stale_staging(root):
@@ -59,7 +38,9 @@ def main() -> None:
         print(f"removed the stale staging folder {folder.relative_to(root)} (its output is complete)",
               file=sys.stderr)
     try:
-        closed = close_orphans_everywhere()
+        from pipelines.tracking import close_orphaned_runs_everywhere
+
+        closed = close_orphaned_runs_everywhere()
     except Exception as exc:  # the tracking server unreachable: the runs stay for the next sweep
         print(f"WARNING: could not check MLflow for orphaned runs ({type(exc).__name__}: {exc})", file=sys.stderr)
         return

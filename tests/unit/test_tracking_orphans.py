@@ -61,3 +61,22 @@ def test_a_resumed_run_is_not_closed_as_its_own_orphan(store):
     with start_run("orphans", run_name="train-tiny", run_id=resumed):
         assert _status(resumed) == "RUNNING"
     assert _status(resumed) == "FINISHED"
+
+
+def test_the_sweep_after_repro_ends_orphans_of_every_stage_and_removes_stale_staging(store, tmp_path):
+    import yaml
+
+    from pipelines.ops.repro_sweep import stale_staging
+    from pipelines.tracking import close_orphaned_runs_everywhere
+
+    dead = _running(store, "reid-dynamic", _dead_owner())  # restored from DVC's run cache: never re-opened
+    live = _running(store, "encode-dynamic", process_owner())
+    assert close_orphaned_runs_everywhere() == [f"{dead} (reid-dynamic)"]
+    assert (_status(dead), _status(live)) == ("KILLED", "RUNNING")
+
+    lock = {"schema": "2.0", "stages": {"export_jpg": {"cmd": "x", "outs": [{"path": "out/jpg", "md5": "1"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (tmp_path / "out" / "jpg.partial").mkdir(parents=True)
+    assert stale_staging(tmp_path) == []  # the output is not there: the staging folder may be resumed
+    (tmp_path / "out" / "jpg").mkdir()
+    assert stale_staging(tmp_path) == [tmp_path / "out" / "jpg.partial"]
