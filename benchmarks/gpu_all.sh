@@ -58,11 +58,11 @@ PYBIN="$VENV/bin/python"
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' | tee "$OUT/device.txt"
 : > "$OUT/steps.txt"
 if [ "$TINY" = 1 ]; then
-  step train 300 "$PYBIN" benchmarks/train.py --device "$DEVICE" --configs tiny --batch 1 --steps 10 --warmup 1 \
+  step train 900 "$PYBIN" benchmarks/train.py --device "$DEVICE" --configs tiny --batch 1 --steps 10 --warmup 1 \
     --switches --switch-list adamw_foreach channels_last --out "$OUT/train.json"
-  step encode 200 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae tiny --videos 2 --frames 40 --repeats 1 \
+  step encode 300 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae tiny --videos 2 --frames 40 --repeats 1 \
     --work "$OUT/encode-work" --out "$OUT/encode.json"
-  step sample 200 "$PYBIN" benchmarks/sample.py --device "$DEVICE" --tiny --frames 16 --batch 2 --videos 2 \
+  step sample 600 "$PYBIN" benchmarks/sample.py --device "$DEVICE" --tiny --frames 16 --batch 2 --videos 2 \
     --requests 1 --out "$OUT"
 else
   step train 240 "$PYBIN" benchmarks/train.py --device "$DEVICE" --configs tiny reference --switches \
