@@ -1,4 +1,4 @@
-"""Repair a torn dvc.lock before `dvc repro` (`make repro` / infra/scripts/repro.sh run this first).
+"""Repair a torn dvc.lock and .dvc/tmp/rwlock before `dvc repro` (`make repro` runs this first).
 
 DVC rewrites dvc.lock in place after every stage (dvc/utils/serialize/_common.py opens it "w+"; the same
 non-atomic write is behind the known torn `.dvc/tmp/rwlock` reports, treeverse/dvc#6097 and #7615). A machine
@@ -61,11 +61,29 @@ def repair_lock(root: Path) -> str | None:
             "that still match are kept or restored from DVC's run cache, only stale stages run again.")
 
 
+def repair_rwlock(root: Path) -> str | None:
+    """DVC's `.dvc/tmp/rwlock` (the stages' in-flight readers and writers, JSON) is written in place too; a kill
+    mid-write leaves it unreadable and every `dvc repro` then fails ("JSON structure is corrupted", as in
+    treeverse/dvc#7615). Found by the fault campaign. An unreadable one records nothing usable: set it aside."""
+    import json
+
+    rwlock = root / ".dvc" / "tmp" / "rwlock"
+    try:
+        json.loads(rwlock.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        torn = rwlock.with_name(f"rwlock.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+        rwlock.rename(torn)
+        return f".dvc/tmp/rwlock was torn ({exc}); kept it as {torn.name}, DVC writes a new one"
+    return None
+
+
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else ".").resolve()
-    note = repair_lock(root)
-    if note:
-        print(f"WARNING: {note}", file=sys.stderr)
+    for note in (repair_lock(root), repair_rwlock(root)):
+        if note:
+            print(f"WARNING: {note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

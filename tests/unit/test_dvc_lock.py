@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pipelines.ops.dvc_lock import lock_problem, repair_lock
+from pipelines.ops.dvc_lock import lock_problem, repair_lock, repair_rwlock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,14 @@ def test_without_a_committed_lock_the_torn_one_is_only_set_aside(tmp_path):
     assert "removed it" in repair_lock(root)
     assert not (root / "dvc.lock").exists()
     assert next(root.glob("dvc.lock.torn-*")).read_text() == torn
+
+
+def test_a_torn_rwlock_is_set_aside_and_a_readable_one_kept(tmp_path):
+    rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True)
+    assert repair_rwlock(tmp_path) is None
+    rwlock.write_text('{"read": {}, "write": {}}')
+    assert repair_rwlock(tmp_path) is None and rwlock.is_file()
+    rwlock.write_text("")  # truncated by a kill mid-write
+    assert "torn" in repair_rwlock(tmp_path)
+    assert not rwlock.exists() and next(rwlock.parent.glob("rwlock.torn-*")).read_text() == ""
