@@ -48,13 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from echo_core.utils.atomic import write_json_atomic  # noqa: E402
+from pipelines.ops.repro_sweep import recorded_outputs, temp_leftovers  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 RUN_TIME = re.compile(r"\d{8}T\d{6}(\.\d+)?Z")
 CODE = ("echo_core", "pipelines", "infra", "dvc.yaml", ".gitignore", "pyproject.toml")
-RECOVERY_TOOLS = ("infra", "pipelines/ops")
-# temp files of killed writers (echo_core.utils.atomic, data.jobs, checkpoints, metric shards, registry)
-LEFTOVER = re.compile(r"^\.(.+\.tmp.*|checkpoint-\d+\.tmp|conditioning-.*|metric-shards-.*)$|\.partial$")
+RECOVERY_TOOLS = ("infra", "pipelines/ops", "pipelines/tracking.py")
 # key → cap: every training and sampling budget of params.yaml at a campaign size. The data (the phantom
 # default) and the evaluators (judges, controls, bootstrap sizes) stay the demo's: at fewer held-out videos
 # the controls stage rightly fails (an evaluator that cannot tell its controls apart is refused).
@@ -143,8 +142,8 @@ def make_project(root: Path) -> dict[str, str]:
 
 
 def refresh_recovery_tools(root: Path) -> None:
-    """The committed recovery entry point (infra/, pipelines/ops/: no stage depends on them) into a reused
-    project, so its clean outputs stay valid while the recovery is today's."""
+    """The committed recovery entry point (infra/, pipelines/ops/, pipelines/tracking.py: no stage depends on
+    them) into a reused project, so its clean outputs stay valid while the recovery is today's."""
     archive = subprocess.run(["git", "archive", "HEAD", *RECOVERY_TOOLS], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
 
@@ -174,7 +173,7 @@ def times_from_mtimes(root: Path) -> dict[str, float]:
     time): for stages an interrupted clean run finished before, whose times were not streamed."""
     ends = {}
     for stage in lock_outputs(root):
-        files = [f for out in stage_paths(root, stage) if out.exists()
+        files = [f for out in recorded_outputs(root, stage) if out.exists()
                  for f in ([out] if out.is_file() else out.rglob("*")) if f.is_file()]
         if files:
             ends[stage] = max(f.stat().st_mtime for f in files)
@@ -255,20 +254,10 @@ def recover(root: Path, env: dict[str, str], kill: Kill) -> None:
 
 
 # -- checks -----------------------------------------------------------------------------------------------
-def stage_paths(root: Path, stage: str) -> list[Path]:
-    spec = yaml.safe_load((root / "dvc.lock").read_text())["stages"].get(stage, {})
-    return [root / o["path"] for o in spec.get("outs", [])]
-
-
 def leftovers(root: Path, stage: str) -> list[str]:
-    """Temp files of killed writers inside the stage's outputs and next to them."""
-    found = set()
-    for out in stage_paths(root, stage):
-        places = [out.parent] + ([out] if out.is_dir() else [])
-        for place in places:
-            walker = place.rglob("*") if place == out else place.glob("*")
-            found.update(str(p.relative_to(root)) for p in walker if LEFTOVER.search(p.name))
-    return sorted(found)
+    """Temp files of killed writers inside the stage's outputs and next to them (the names make repro's sweep
+    clears)."""
+    return [str(p.relative_to(root)) for p in temp_leftovers(recorded_outputs(root, stage))]
 
 
 def _cached_listing(root: Path, md5: str) -> set[str] | None:
@@ -349,13 +338,11 @@ def check_tracking(root: Path, kill: Kill) -> None:
     """No run RUNNING with its process gone; every registered version READY with its artefacts present."""
     import mlflow
 
-    from pipelines.tracking import OWNER_TAG, _owner_is_gone
+    from pipelines.tracking import OWNER_TAG, is_orphaned, running_runs
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    for r in client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000):
-        owner = r.data.tags.get(OWNER_TAG, "")
-        if not owner or _owner_is_gone(owner):
+    for r in running_runs(client):
+        if OWNER_TAG not in r.data.tags or is_orphaned(r):
             kill.problems.append(f"MLflow run {r.info.run_id} ({r.info.run_name}) RUNNING, its process gone")
     for model in client.search_registered_models():
         for version in client.search_model_versions(f"name='{model.name}'"):

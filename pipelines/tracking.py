@@ -277,9 +277,20 @@ def _owner_is_gone(owner: str) -> bool:
         return True
 
 
-def _end_if_orphaned(client, run) -> bool:
+def is_orphaned(run) -> bool:
+    """RUNNING with its owning process on this host gone (a run without an owner tag cannot be judged)."""
     owner = run.data.tags.get(OWNER_TAG, "")
-    if not owner or not _owner_is_gone(owner):
+    return bool(owner) and _owner_is_gone(owner)
+
+
+def running_runs(client) -> list:
+    """Every RUNNING run of every experiment of the store `client` talks to."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000)
+
+
+def _end_if_orphaned(client, run) -> bool:
+    if not is_orphaned(run):
         return False
     client.set_tag(run.info.run_id, "echoforge.orphaned", "owner process ended without closing the run")
     client.set_terminated(run.info.run_id, status="KILLED")
@@ -305,9 +316,8 @@ def close_orphaned_runs_everywhere() -> list[str]:
     """Every experiment's RUNNING runs whose owning process on this host is gone, ended as KILLED: for stages
     DVC restored from its run cache, which never open a run again (pipelines/ops/repro_sweep.py)."""
     client = _mlflow().MlflowClient(tracking_uri())
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000)
-    return [f"{run.info.run_id} ({run.info.run_name})" for run in runs if _end_if_orphaned(client, run)]
+    return [f"{run.info.run_id} ({run.info.run_name})" for run in running_runs(client)
+            if _end_if_orphaned(client, run)]
 
 
 @contextlib.contextmanager
