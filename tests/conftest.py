@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from support import REPO_ROOT
 
+import pipelines  # noqa: F401  # first: caps numpy's SIMD dispatch before numpy is imported (pipelines/__init__.py)
+
 _STATE = Path(tempfile.mkdtemp(prefix="echoforge-test-state-"))
 for key, value in {
     "PREFECT_HOME": str(_STATE / "prefect"),

@@ -18,7 +18,6 @@ during it (another user's flow, say) keeps its files.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import sys
@@ -72,17 +71,22 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _arguments(argv: list[str]) -> tuple[Path, float | None]:
+    """[ROOT] [--before EPOCH]: an internal step of repro.sh, so plain argv (the typer CLI is the users' one)."""
+    before = None
+    if "--before" in argv:
+        at = argv.index("--before")
+        before, argv = float(argv[at + 1]), argv[:at] + argv[at + 2:]
+    return Path(argv[0] if argv else ".").resolve(), before
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", nargs="?", default=".")
-    parser.add_argument("--before", type=float, default=None, help="Clear temp entries older than this epoch.")
-    args = parser.parse_args(argv)
-    root = Path(args.root).resolve()
+    root, before = _arguments(sys.argv[1:] if argv is None else argv)
     for folder in stale_staging(root):
         shutil.rmtree(folder)
         print(f"removed the stale staging folder {folder.relative_to(root)} (its output is complete)",
               file=sys.stderr)
-    for path in stale_temp(root, args.before) if args.before is not None else []:
+    for path in stale_temp(root, before) if before is not None else []:
         _remove(path)
         print(f"removed {path.relative_to(root)}, left by a killed writer (its output is complete)",
               file=sys.stderr)

@@ -125,7 +125,7 @@ def test_a_synthetic_set_with_shuffled_ef_does_not_beat_the_mean_but_real_traini
     shuffled = rng.permutation(synth_ef)  # videos animated at one EF, labelled with another's
     synthetic = [VideoRecord(f"s{i}", "synthetic", "TRAIN", f"s{i}", ef=float(label), frames=beating(ef, rng), fps=FPS)
                  for i, (ef, label) in enumerate(zip(synth_ef, shuffled, strict=True))]
-    cfg = RegressionConfig(frames=8, fps=FPS, size=16, width=8, epochs=6, batch_size=4, lr=1e-2, seed=0,
+    cfg = RegressionConfig(frames=8, fps=FPS, size=16, width=8, epochs=10, batch_size=4, lr=1e-2, seed=0,
                            select_epoch_on="last")
     messages = []
     table = ef_regression_table(cfg, real, synthetic, BOOT, progress=messages.append)
