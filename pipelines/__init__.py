@@ -3,7 +3,7 @@
 Importing it first caps numpy's SIMD dispatch on x86-64 at AVX2 (x86-64-v3) for this process and its children.
 numpy picks its kernels per machine when it is imported, and its AVX-512 kernels for exp, log, sin, ... round
 differently from the AVX2 ones: on an AVX-512 machine the phantom default had other bytes than the committed
-`data.dvc` names (measured: 185 of its 198 files). With the cap, every AVX2-or-better x86 machine computes the
+`data.dvc` names (measured: 156 of its 198 files). With the cap, every AVX2-or-better x86 machine computes the
 same bytes. The cap must be set before numpy is first imported, so it is set here; a process that imported
 numpy earlier (a notebook, say) keeps its machine's kernels, and an explicit NPY_DISABLE_CPU_FEATURES wins.
 """
