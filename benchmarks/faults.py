@@ -375,7 +375,7 @@ def plan_kills(times: dict[str, float], n: int, seed: int, stages: list[str] | N
     """`n` kills over the DAG: every stage once (seeded order) before any stage twice; the moment is a
     seeded fraction 0.05-0.95 of the stage's clean time (early: start-up and first writes; late: mid-write)."""
     rng = random.Random(seed)
-    pool = list(stages or times)
+    pool = sorted(stages or times)  # not the dict's order: a fresh and a reused clean run draw the same plan
     order: list[str] = []
     while len(order) < n:
         order += rng.sample(pool, len(pool))
