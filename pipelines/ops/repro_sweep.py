@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _close_orphaned_runs() -> None:
-    try:
-        from pipelines.tracking import close_orphaned_runs_everywhere
+    # imported outside the try: a broken install must fail loudly, not pass for an unreachable server (a stale
+    # tracking.py once left an orphaned run RUNNING behind this very warning)
+    from pipelines.tracking import close_orphaned_runs_everywhere
 
+    try:
         closed = close_orphaned_runs_everywhere()
     except Exception as exc:  # the tracking server unreachable: the runs stay for the next sweep
         print(f"WARNING: could not check MLflow for orphaned runs ({type(exc).__name__}: {exc})", file=sys.stderr)
