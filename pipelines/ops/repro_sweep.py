@@ -76,7 +76,11 @@ def _arguments(argv: list[str]) -> tuple[Path, float | None]:
     before = None
     if "--before" in argv:
         at = argv.index("--before")
-        before, argv = float(argv[at + 1]), argv[:at] + argv[at + 2:]
+        try:
+            before, argv = float(argv[at + 1]), argv[:at] + argv[at + 2:]
+        except (IndexError, ValueError):
+            raise SystemExit("repro_sweep: --before needs the repro's start in seconds since the epoch "
+                             "(infra/scripts/repro.sh passes `date +%s`)") from None
     return Path(argv[0] if argv else ".").resolve(), before
 
 

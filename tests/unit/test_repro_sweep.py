@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import yaml
 
 from pipelines.ops.repro_sweep import main, stale_temp
@@ -51,3 +52,8 @@ def test_without_before_no_temp_entry_is_touched(tmp_path, monkeypatch):
     killed = _touch(outputs / "vae" / ".vae.af2zwccc.tmpdir", BEFORE - 60, folder=True)
     main([str(tmp_path)])
     assert killed.exists()
+
+
+def test_a_malformed_before_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="--before needs the repro's start"):
+        main([str(tmp_path), "--before", "yesterday"])
