@@ -40,10 +40,10 @@ repro: venv
 	bash infra/scripts/repro.sh
 
 test: venv
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=25
 
 test-fast: venv
-	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile -m "not slow"
+	$(BIN)/pytest -q -p no:cacheprovider -n 3 --dist loadfile -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check .
