@@ -255,8 +255,8 @@ def recover(root: Path, env: dict[str, str], kill: Kill) -> None:
 
 # -- checks -----------------------------------------------------------------------------------------------
 def leftovers(root: Path, stage: str) -> list[str]:
-    """Temp files of killed writers inside the stage's outputs and next to them (the names make repro's sweep
-    clears)."""
+    """Temp files of killed writers inside the stage's outputs and next to them (by the names that
+    `make repro`'s sweep clears: pipelines/ops/repro_sweep.py)."""
     return [str(p.relative_to(root)) for p in temp_leftovers(recorded_outputs(root, stage))]
 
 
