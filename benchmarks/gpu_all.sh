@@ -60,14 +60,14 @@ PYBIN="$VENV/bin/python"
 if [ "$TINY" = 1 ]; then
   step train 900 "$PYBIN" benchmarks/train.py --device "$DEVICE" --configs tiny --batch 1 --steps 10 --warmup 1 \
     --switches --switch-list adamw_foreach channels_last --out "$OUT/train.json"
-  step encode 300 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae tiny --videos 2 --frames 40 --repeats 1 \
+  step encode 300 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae tiny --videos 2 --frames 20 60 --repeats 1 \
     --work "$OUT/encode-work" --out "$OUT/encode.json"
   step sample 600 "$PYBIN" benchmarks/sample.py --device "$DEVICE" --tiny --frames 16 --batch 2 --videos 2 \
     --requests 1 --out "$OUT"
 else
   step train 240 "$PYBIN" benchmarks/train.py --device "$DEVICE" --configs tiny reference --switches \
     --out "$OUT/train.json"
-  step encode 120 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae reference --repeats 3 \
+  step encode 180 "$PYBIN" benchmarks/encode.py --device "$DEVICE" --vae reference --repeats 3 \
     --work "$OUT/encode-work" --out "$OUT/encode.json"
   step sample 120 "$PYBIN" benchmarks/sample.py --device "$DEVICE" --tiny --frames 192 --batch 4 --videos 8 \
     --out "$OUT"

@@ -76,8 +76,9 @@ def write_jpg_video(job: Job, out: Path) -> dict[str, Any]:
 
 def export_jpg(src_prepared: str | os.PathLike, dst: str | os.PathLike, *,
                splits: Sequence[str] | None = None, size: int | None = None, fps: float | None = None,
-               workers: int = 1) -> Report:
-    """Sequential convenience: plan, export every video (resuming a crashed run), finalize."""
+               workers: int = 1, pool: str = "thread") -> Report:
+    """Plan, export every video (resuming a crashed run), finalize; `workers`/`pool` as in `run_jobs`."""
     plan = plan_export(src_prepared, dst, splits=splits, size=size, fps=fps)
     staging = open_staging(plan.dst)
-    return finalize(plan, run_jobs(plan.jobs, staging, workers=workers, desc="export jpg"))
+    return finalize(plan, run_jobs(plan.jobs, staging, workers=workers, desc="export jpg",
+                                     pool=pool))

@@ -5,7 +5,7 @@
     results = [run_job(job, staging) for job in plan.jobs]   # one video each; parallel-safe
     report = finalize(plan, results)                         # FileList, side files, manifest; swap into dst
 
-`run_jobs` runs the middle step sequentially or on threads. The planners (echonet.py, cardiacnet.py,
+`run_jobs` runs the middle step sequentially, on threads or on processes. The planners (echonet.py, cardiacnet.py,
 reference.py, export.py) only decide what to do; this module knows no dataset. Every output folder gets the
 same `manifest.json` schema (`manifest_of`).
 
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -249,19 +250,42 @@ def open_staging(dst: str | os.PathLike) -> Path:
     return staging
 
 
+POOLS = ("thread", "process")
+# Imported once by the forkserver, so each worker process starts with the planners' ops already loaded.
+_PRELOAD = ["echo_core.data.jobs", "echo_core.data.echonet", "echo_core.data.cardiacnet",
+            "echo_core.data.reference", "echo_core.data.export"]
+
+
 def run_jobs(jobs: Sequence[Job], staging: Path, *, workers: int = 1, desc: str = "prepare",
-             ) -> list[dict[str, Any]]:
-    """Sequential (workers=1) or threaded fan-out of `run_job`; the first error cancels the rest."""
-    if workers <= 1:
+             pool: str = "thread") -> list[dict[str, Any]]:
+    """Sequential (workers=1) or pooled fan-out of `run_job`; the first error cancels the rest.
+
+    pool="thread" shares one process (decoders release the GIL only part of the time); pool="process"
+    runs `workers` forkserver processes, for CPU-bound decode/encode (benchmarks/results/prepare.json).
+    Both write the same bytes: each job's output depends on its source and params alone.
+    """
+    if pool not in POOLS:
+        raise UsageError(f"unknown pool {pool!r}", fix=f"use one of: {', '.join(POOLS)}")
+    if workers <= 1 or len(jobs) < 2:
         return [run_job(job, staging) for job in progress(jobs, total=len(jobs), desc=desc)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_job, job, staging) for job in jobs]
+    with _executor(pool, min(workers, len(jobs))) as executor:
+        futures = [executor.submit(run_job, job, staging) for job in jobs]
         try:
             return [f.result() for f in progress(as_completed(futures), total=len(futures), desc=desc)]
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
+
+
+def _executor(pool: str, workers: int) -> Executor:
+    if pool == "thread":
+        return ThreadPoolExecutor(max_workers=workers)
+    # forkserver, not fork: the caller may hold threads (Prefect, torch) that a forked child would inherit
+    # in an arbitrary state; the server process is started clean and forks the workers from there.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def results_in_plan_order(jobs: Sequence[Job], results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -53,8 +53,9 @@ def plan_prepare(kind: str, src: str | os.PathLike, dst: str | os.PathLike, *,
 
 def prepare_dataset(kind: str, src: str | os.PathLike, dst: str | os.PathLike, *,
                     exclude: Iterable[str] = (), workers: int = 1, seed: int | None = None,
-                    config: PrepareConfig | None = None) -> Report:
-    """Plan, convert every video (resuming a crashed run), finalize. `seed` overrides `config.seed`."""
+                    config: PrepareConfig | None = None, pool: str = "thread") -> Report:
+    """Plan, convert every video (resuming a crashed run), finalize. `seed` overrides `config.seed`;
+    `workers`/`pool` as in `run_jobs`."""
     config = config or PrepareConfig()
     if seed is not None:
         config = config.model_copy(update={"seed": seed})
@@ -63,5 +64,5 @@ def prepare_dataset(kind: str, src: str | os.PathLike, dst: str | os.PathLike, *
         raise DataError(f"nothing to prepare in {plan.src}: every row is excluded or the dataset is empty",
                         fix="check the source folder and the --exclude list")
     staging = open_staging(plan.dst)
-    results = run_jobs(plan.jobs, staging, workers=workers, desc=f"prepare {kind}")
+    results = run_jobs(plan.jobs, staging, workers=workers, desc=f"prepare {kind}", pool=pool)
     return finalize(plan, results)

@@ -111,10 +111,10 @@ def write_reference_clip(job: Job, out: Path) -> dict[str, Any]:
 
 def build_reference(src_prepared: str | os.PathLike, dst: str | os.PathLike, *, frames: int,
                     fps: float = 32.0, max_videos: int | None = None, seed: int = 42, size: int = 112,
-                    workers: int = 1) -> Report:
-    """Sequential convenience: plan, write every clip (resuming a crashed run), finalize."""
+                    workers: int = 1, pool: str = "thread") -> Report:
+    """Plan, write every clip (resuming a crashed run), finalize; `workers`/`pool` as in `run_jobs`."""
     config = ReferenceConfig(frames=frames, fps=fps, max_videos=max_videos, seed=seed, size=size)
     plan = plan_reference(src_prepared, dst, config=config)
     staging = open_staging(plan.dst)
-    results = run_jobs(plan.jobs, staging, workers=workers, desc=f"reference {frames}f")
+    results = run_jobs(plan.jobs, staging, workers=workers, desc=f"reference {frames}f", pool=pool)
     return finalize(plan, results)

@@ -19,6 +19,14 @@ class PrepareKind(StrEnum):
     cardiacnet = "cardiacnet"
 
 
+class Pool(StrEnum):
+    thread = "thread"
+    process = "process"
+
+
+POOL_HELP = "How --workers run: threads, or processes for CPU-bound decode/encode (echo_core.data.jobs)."
+
+
 def _overrides(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -28,7 +36,8 @@ def prepare(
     out: Path = typer.Option(..., "--out", help="Prepared dataset folder (replaced atomically)."),
     kind: PrepareKind = typer.Option(..., "--kind", help="Dataset layout of SRC."),
     exclude: Path | None = typer.Option(None, "--exclude", help="Quarantine CSV (FileName column) to skip."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Videos converted in parallel (threads)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Videos converted in parallel."),
+    pool: Pool = typer.Option(Pool.thread, "--pool", help=POOL_HELP),
     seed: int | None = typer.Option(None, "--seed", help="CardiacNet split seed (default: params, else 42)."),
     params: Path | None = typer.Option(None, "--params", help="params.yaml; its `prepare:` section is used."),
 ) -> None:
@@ -43,7 +52,7 @@ def prepare(
     config = load_section(PrepareConfig, "prepare", params) if params else PrepareConfig()
     excluded = read_exclude(exclude) if exclude else set()
     report = prepare_dataset(kind.value, src, out, exclude=excluded, workers=workers, seed=seed,
-                             config=config)
+                             config=config, pool=pool.value)
     typer.echo(report.summary())
 
 
@@ -55,7 +64,8 @@ def reference(
     max_videos: int | None = typer.Option(None, "--max-videos", min=1, help="At most this many videos."),
     seed: int | None = typer.Option(None, "--seed", help="Selection seed (default: params, else 42)."),
     size: int | None = typer.Option(None, "--size", min=8, help="Frame size (default 112)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Videos processed in parallel (threads)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Videos processed in parallel."),
+    pool: Pool = typer.Option(Pool.thread, "--pool", help=POOL_HELP),
     params: Path | None = typer.Option(None, "--params", help="params.yaml; uses its `reference:` section."),
 ) -> None:
     """Build a StyleGAN-V reference set (FID/FVD/IS) from the TRAIN videos long enough for --frames."""
@@ -66,7 +76,8 @@ def reference(
     config = (load_section(ReferenceConfig, "reference", params, cli) if params
               else validate_config(ReferenceConfig, cli, where="command line"))
     report = build_reference(src, out, frames=config.frames, fps=config.fps, max_videos=config.max_videos,
-                             seed=config.seed, size=config.size, workers=workers)
+                             seed=config.seed, size=config.size, workers=workers,
+                             pool=pool.value)
     typer.echo(report.summary())
 
 
@@ -76,12 +87,14 @@ def export_jpg(
     split: list[str] | None = typer.Option(None, "--split", help="Only these splits (repeatable)."),
     size: int | None = typer.Option(None, "--size", min=8, help="Resize frames to size x size."),
     fps: float | None = typer.Option(None, "--fps", help="Resample to this fps."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Videos processed in parallel (threads)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Videos processed in parallel."),
+    pool: Pool = typer.Option(Pool.thread, "--pool", help=POOL_HELP),
 ) -> None:
     """Export prepared videos as jpg trees (classification inputs)."""
     from echo_core.data.export import export_jpg as run_export
 
-    report = run_export(src, out, splits=split or None, size=size, fps=fps, workers=workers)
+    report = run_export(src, out, splits=split or None, size=size, fps=fps, workers=workers,
+                        pool=pool.value)
     typer.echo(report.summary())
 
 

@@ -226,10 +226,27 @@ def test_unknown_kind_is_an_error_naming_the_planners(raw_dynamic: Path, tmp_pat
     assert not (tmp_path / "out").exists() and not staging_dir(tmp_path / "out").exists()
 
 
-def test_threaded_workers_give_the_same_output(raw_dynamic: Path, tmp_path: Path):
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_pooled_workers_give_the_same_output(raw_dynamic: Path, tmp_path: Path, pool: str):
     one = prepare_dataset("dynamic", raw_dynamic, tmp_path / "one")
-    two = prepare_dataset("dynamic", raw_dynamic, tmp_path / "two", workers=2)
+    two = prepare_dataset("dynamic", raw_dynamic, tmp_path / "two", workers=2, pool=pool)
     assert one.sha256 == two.sha256
+
+
+def test_process_pool_error_names_the_row_and_keeps_the_old_output(raw_pediatric: Path, tmp_path: Path):
+    dst = tmp_path / "out"
+    prepare_dataset("pediatric-a4c", raw_pediatric, dst, workers=2, pool="process")
+    old = sha256_tree(dst)
+    (raw_pediatric / "Videos" / "v4.avi").write_bytes(b"not a video at all")
+    with pytest.raises(VideoReadError, match=r"line 6 \(FileName 'v4'\)") as err:
+        prepare_dataset("pediatric-a4c", raw_pediatric, dst, workers=2, pool="process")
+    assert err.value.fix  # the fix travels back from the worker process
+    assert sha256_tree(dst) == old
+
+
+def test_unknown_pool_is_a_usage_error(raw_dynamic: Path, tmp_path: Path):
+    with pytest.raises(UsageError, match="unknown pool 'gpu'"):
+        prepare_dataset("dynamic", raw_dynamic, tmp_path / "out", workers=2, pool="gpu")
 
 
 def test_cli_prepare_and_reference_params(raw_pediatric: Path, tmp_path: Path):
@@ -239,7 +256,8 @@ def test_cli_prepare_and_reference_params(raw_pediatric: Path, tmp_path: Path):
     params.write_text("prepare:\n  seed: 3\n  link: true\n")
     dst = tmp_path / "cli_out"
     result = CliRunner().invoke(app, ["data", "prepare", "--kind", "pediatric-a4c", str(raw_pediatric),
-                                      "--out", str(dst), "--params", str(params), "--workers", "2"])
+                                      "--out", str(dst), "--params", str(params), "--workers", "2",
+                                      "--pool", "process"])
     assert result.exit_code == 0, result.output
     assert "6 videos" in result.output
     assert json.loads((dst / "manifest.json").read_text())["params"] == {"link": True}
