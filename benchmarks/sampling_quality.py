@@ -8,8 +8,10 @@ sampler only (TINY_SETTINGS); it checks that everything runs, its numbers show n
 
 1. Two LVDMs with the same model, data and training budget, through the one trainer (`train_lvdm`, what
    `echoforge train lvdm` runs): the demo's `train_lvdm` recipe (v-DDPM) and the same recipe with
-   `objective: {kind: rectified_flow}`, on `<out-root>/latents/dynamic`. Reused from `--work` when the folder
-   there was trained with exactly the same config.
+   `objective: {kind: rectified_flow}`, on `<out-root>/latents/dynamic`; then the rectified-flow model's
+   few-step student (`train_distill`, what `echoforge train distill` runs: params.yaml `train_distill:`, the
+   same step budget), sampled with Euler at 1 and 2 steps. Reused from `--work` when the folder there was
+   trained with exactly the same config (and, for the student, the same teacher weights).
 2. Every setting of SETTINGS samples the same plan (seeds, requested EFs, TRAIN conditioning frames: the
    evaluate flow's `evaluate.sample` + `evaluate.conditions.ef`), batch by batch in round-robin over settings,
    each batch timed. Then one `--time-frames`-frame video (192: EchoNet-Synthetic's length) per setting and
@@ -52,6 +54,8 @@ REFERENCE = "ddpm-64"
 METRICS = ("fd_fallback_ratio", "fvd16_fallback_ratio", "ef_adherence_mae", "ef_adherence_pearson")
 # objective kind -> its `train_lvdm.objective` override; v_ddpm keeps the demo's own section unchanged
 OBJECTIVES: dict[str, dict[str, Any] | None] = {"v_ddpm": None, "rectified_flow": {"kind": "rectified_flow"}}
+DISTILLED = "distilled"  # the rectified-flow model's few-step student (`echoforge train distill`)
+MODELS = (*OBJECTIVES, DISTILLED)  # trained in this order: the student needs its teacher
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class Setting:
 
     @property
     def key(self) -> str:
-        return f"{self.sampler}-{self.steps}"
+        prefix = f"{DISTILLED}-" if self.objective == DISTILLED else ""
+        return f"{prefix}{self.sampler}-{self.steps}"
 
     @property
     def model_calls(self) -> int:
@@ -73,10 +78,11 @@ class Setting:
 SETTINGS = (Setting("v_ddpm", "ddpm", 64), *(Setting("v_ddpm", "dpmpp_2m", s) for s in (10, 15, 25)),
             *(Setting("v_ddpm", "ddim", s) for s in (10, 25)),
             *(Setting("rectified_flow", "euler", s) for s in (1, 2, 4, 8)),
-            *(Setting("rectified_flow", "heun", s) for s in (2, 4, 8)))
-# --tiny: the fewest steps of each sampler (every sampler and both models run, at a fraction of the cost)
-TINY_SETTINGS = tuple(next(s for s in SETTINGS if s.sampler == name) for name in dict.fromkeys(
-    s.sampler for s in SETTINGS))
+            *(Setting("rectified_flow", "heun", s) for s in (2, 4, 8)),
+            *(Setting(DISTILLED, "euler", s) for s in (1, 2)))
+# --tiny: the fewest steps of each model's samplers (every sampler and model runs, at a fraction of the cost)
+TINY_SETTINGS = tuple(next(s for s in SETTINGS if (s.objective, s.sampler) == pair) for pair in dict.fromkeys(
+    (s.objective, s.sampler) for s in SETTINGS))
 
 
 # ------------------------------------------------------------------------------------- the selection (pure)
@@ -140,14 +146,37 @@ def train_config(params: dict[str, Any], objective: str, steps: int, batch_size:
     return LvdmTrainConfig.model_validate(section)
 
 
-def trained_model(objective: str, params: dict[str, Any], args) -> dict[str, Any]:
-    """{"folder", "train_seconds", "config"} of the model trained for `objective` under --work (reused when
-    --work holds one trained with exactly this config and data)."""
+def distill_train_config(params: dict[str, Any], teacher: Path, steps: int, batch_size: int | None):
+    """params.yaml `train_distill:` for the rectified-flow model's student, at the same step budget."""
+    from echo_core.training.distill import distill_config
+
+    section = json.loads(json.dumps(params["train_distill"]))
+    section["optim"]["max_steps"] = steps
+    if batch_size is not None:
+        section["optim"]["batch_size"] = batch_size
+    section["checkpoint"] = {**section.get("checkpoint", {}), "every": steps, "total_limit": 1}
+    return distill_config(teacher, section, where="params.yaml:train_distill")
+
+
+def trained_model(name: str, params: dict[str, Any], args, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{"folder", "train_seconds", "config"} of the model `name` (an objective, or DISTILLED: the student of
+    the rectified-flow model in `models`) under --work (reused when --work holds one trained with exactly
+    this config and data)."""
+    from echo_core.training.distill import train_distill
     from echo_core.training.lvdm import FINAL_DIR, train_lvdm
 
-    cfg = train_config(params, objective, args.train_steps, args.train_batch)
+    if name == DISTILLED:
+        cfg = distill_train_config(params, models["rectified_flow"]["folder"], args.train_steps, args.train_batch)
+    else:
+        cfg = train_config(params, name, args.train_steps, args.train_batch)
+    objective = name
     data = [str(args.out_root / "latents" / DATASET)]
     record = {"config": cfg.model_dump(mode="json"), "data": data}
+    if name == DISTILLED:  # a retrained teacher at the same path needs a new student
+        from echo_core.models.lvdm import UNET_WEIGHTS_FILE
+        from echo_core.utils.hashing import sha256_file
+
+        record["teacher_weights_sha256"] = sha256_file(Path(cfg.distill.teacher) / UNET_WEIGHTS_FILE)
     run_dir = args.work / objective
     recorded = run_dir / "recipe.json"
     if recorded.is_file() and (run_dir / "train" / FINAL_DIR).is_dir():
@@ -157,7 +186,8 @@ def trained_model(objective: str, params: dict[str, Any], args) -> dict[str, Any
             return {"folder": run_dir / "train" / FINAL_DIR, "reused": True, **previous}
     shutil.rmtree(run_dir / "train", ignore_errors=True)  # another recipe: the trainer would resume it
     start = time.perf_counter()
-    folder = train_lvdm(cfg, data, run_dir / "train").folder
+    trainer = train_distill if name == DISTILLED else train_lvdm
+    folder = trainer(cfg, data, run_dir / "train").folder
     record["train_seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(recorded, record)
     print(f"{objective}: trained {args.train_steps} steps in {record['train_seconds']} s", flush=True)
@@ -340,6 +370,9 @@ def report(rows, controls, models, args, context: dict[str, Any]) -> dict[str, A
             **context}
 
 
+MARKERS = {"v_ddpm": ("o", "tab:blue"), "rectified_flow": ("s", "tab:orange"), DISTILLED: ("^", "tab:purple")}
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """One panel per metric: each setting's value with its CI against its median seconds per long video."""
     import matplotlib
@@ -361,8 +394,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 continue
             x, y = row["seconds"]["median"], est["value"]
             err = [[max(0.0, y - est["ci_low"])], [max(0.0, est["ci_high"] - y)]]
-            ax.errorbar([x], [y], yerr=err, fmt="o" if row["objective"] == "v_ddpm" else "s", capsize=3,
-                        color="tab:blue" if row["objective"] == "v_ddpm" else "tab:orange")
+            marker, color = MARKERS[row["objective"]]
+            ax.errorbar([x], [y], yerr=err, fmt=marker, capsize=3, color=color)
             ax.annotate(row["setting"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         for control in result["controls"]:
             est = control["metrics"].get(metric)
@@ -377,8 +410,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(f"seconds per {result['sampling']['time_frames']}-frame video")
         ax.set_title(metric, fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"v-DDPM (circles) vs rectified flow (squares): 95% CIs, N={result['sampling']['videos']} "
-                 f"videos per setting; dotted: controls at the same N (green: real videos)", fontsize=9)
+    fig.suptitle(f"v-DDPM (circles), rectified flow (squares), its distilled student (triangles): 95% CIs, "
+                 f"N={result['sampling']['videos']} videos per setting; dotted: controls at the same N "
+                 "(green: real videos)", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -452,9 +486,16 @@ def generate_all(models: dict[str, dict[str, Any]], sample_cfg, args) -> tuple[d
     return quality, long, phases
 
 
+def train_models(params: dict[str, Any], args) -> dict[str, dict[str, Any]]:
+    models: dict[str, dict[str, Any]] = {}
+    for name in MODELS:
+        models[name] = trained_model(name, params, args, models)
+    return models
+
+
 def run(args, params: dict[str, Any]) -> dict[str, Any]:
     assess, sample_cfg, fps = configs(args, params)
-    models, train_s = _timed(lambda: {k: trained_model(k, params, args) for k in OBJECTIVES})
+    models, train_s = _timed(train_models, params, args)
     quality, long, phases = generate_all(models, sample_cfg, args)
     judgements, phases["judging"] = _timed(
         lambda: {s.key: judged(args.work / "samples" / s.key, args.out_root, assess) for s in args.settings})

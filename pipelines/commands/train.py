@@ -1,4 +1,5 @@
-"""`echoforge train lvdm`: train the latent video diffusion model, track it in MLflow, register `echo-lvdm`.
+"""`echoforge train lvdm`: train the latent video diffusion model, track it in MLflow, register `echo-lvdm`;
+`echoforge train distill`: distill a rectified-flow LVDM into a few-step student (the same trainer).
 
 One process or many: run it directly, or under `accelerate launch` (profiles in infra/accelerate/):
 
@@ -27,6 +28,7 @@ import typer
 REGISTERED_NAME = "echo-lvdm"
 EXPERIMENT = "echo-lvdm"
 SECTION = "train_lvdm"
+DISTILL_SECTION = "train_distill"
 RUN_FILE = "mlflow_run.json"
 
 
@@ -171,6 +173,57 @@ def _register(folder: Path, tags: dict[str, str], alias: str | None, vae: str | 
                + (f" as models:/{info.name}@{alias}" if alias else f" ({info.uri})"))
 
 
+def distill(
+    teacher: str = typer.Option(..., "--teacher", help="Rectified-flow LVDM folder or models:/echo-lvdm@alias."),
+    data: list[Path] = typer.Option(..., "--data", help="Latent store folder (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: checkpoints/, unet_ema/ (the student), ..."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml; its `train_distill:` section."),
+    assignments: list[str] = typer.Option([], "--set", help="Override a train_distill key: dotted.key=value."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Overrides optim.max_steps."),
+    resume: str | None = typer.Option(None, "--resume", help="'latest' or a checkpoint folder."),
+    tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (rank 0)."),
+    register: bool = typer.Option(False, "--register/--no-register", help="Register the student as echo-lvdm."),
+    alias: str = typer.Option("distilled", "--alias", help="Alias for the registered student ('' for none)."),
+) -> None:
+    """Distill a rectified-flow LVDM into a few-step student (sample it with `--sampler euler --steps S`)."""
+    from echo_core.config import load_params
+    from echo_core.errors import ConfigError
+    from echo_core.training.distill import distill_config
+    from pipelines.registry import resolve_model_folder
+
+    doc = load_params(params)
+    if DISTILL_SECTION not in doc:
+        raise ConfigError(f"{params} has no '{DISTILL_SECTION}' section",
+                          fix=f"add a '{DISTILL_SECTION}:' section (see README)")
+    section = apply_overrides(doc[DISTILL_SECTION] or {}, assignments)
+    if max_steps is not None:
+        section.setdefault("optim", {})["max_steps"] = max_steps
+    cfg = distill_config(resolve_model_folder(teacher), section, where=f"{params}:{DISTILL_SECTION}")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if not (is_main and tracking):
+        _distill(cfg, data, out, resume)
+        return
+    tags = {**run_tags(cfg, data), "distilled_from": teacher, "student_steps": str(cfg.distill.student_steps)}
+    config = {"data": [str(d) for d in data], **cfg.model_dump(mode="json")}
+    with tracked_run(EXPERIMENT, f"distill-{cfg.model.name}", tags, cfg, out, resume, config,
+                     DISTILL_SECTION) as tracker:
+        result = _distill(cfg, data, out, resume, tracker)
+        tracker.flush(timeout=300)
+        if register:
+            _register(result.folder, tags, alias or None, None, params)
+
+
+def _distill(cfg, data: list[Path], out: Path, resume: str | None, tracker=None):
+    from echo_core.training.distill import train_distill
+
+    result = train_distill(cfg, data, out, tracker=tracker, resume=resume)
+    if result.is_main:
+        typer.echo(f"distilled {result.step} steps; {cfg.distill.student_steps}-step student at {result.folder} "
+                   f"(sample: --sampler euler --steps {cfg.distill.student_steps})")
+    return result
+
+
 def register(app: typer.Typer) -> None:
-    """Add `lvdm` to the `train` group."""
+    """Add `lvdm` and `distill` to the `train` group."""
     app.command("lvdm")(lvdm)
+    app.command("distill")(distill)
