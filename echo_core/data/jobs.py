@@ -24,6 +24,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -272,6 +273,11 @@ def run_jobs(jobs: Sequence[Job], staging: Path, *, workers: int = 1, desc: str 
         futures = [executor.submit(run_job, job, staging) for job in jobs]
         try:
             return [f.result() for f in progress(as_completed(futures), total=len(futures), desc=desc)]
+        except BrokenProcessPool:
+            raise DataError(f"{desc}: a worker process died before finishing its video (killed, out of memory, or "
+                            "started from a script without an `if __name__ == \"__main__\":` guard)",
+                            fix="re-run the same command (finished videos are kept and reused), with fewer "
+                                "--workers or --pool thread") from None
         except BaseException:
             for f in futures:
                 f.cancel()

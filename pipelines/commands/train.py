@@ -184,6 +184,8 @@ def distill(
     tracking: bool = typer.Option(True, "--tracking/--no-tracking", help="Log to MLflow (rank 0)."),
     register: bool = typer.Option(False, "--register/--no-register", help="Register the student as echo-lvdm."),
     alias: str = typer.Option("distilled", "--alias", help="Alias for the registered student ('' for none)."),
+    vae: str | None = typer.Option(None, "--vae", help="VAE folder or models:/echo-vae@alias: register the "
+                                                      "servable pipeline (else the bare EMA UNet)."),
 ) -> None:
     """Distill a rectified-flow LVDM into a few-step student (sample it with `--sampler euler --steps S`)."""
     from echo_core.config import load_params
@@ -210,7 +212,7 @@ def distill(
         result = _distill(cfg, data, out, resume, tracker)
         tracker.flush(timeout=300)
         if register:
-            _register(result.folder, tags, alias or None, None, params)
+            _register(result.folder, tags, alias or None, vae, params)
 
 
 def _distill(cfg, data: list[Path], out: Path, resume: str | None, tracker=None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,22 @@ def test_process_pool_error_names_the_row_and_keeps_the_old_output(raw_pediatric
         prepare_dataset("pediatric-a4c", raw_pediatric, dst, workers=2, pool="process")
     assert err.value.fix  # the fix travels back from the worker process
     assert sha256_tree(dst) == old
+
+
+def _die(job, out):
+    os.kill(os.getpid(), signal.SIGKILL)  # a worker killed mid-video (OOM killer, kill -9)
+
+
+def test_a_dead_worker_process_is_a_clear_error_not_a_traceback(tmp_path: Path):
+    from echo_core.data.jobs import Job, run_jobs
+
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"x")
+    jobs = [Job(op=_die, file_name=f"v{i}", source=str(source), output=f"v{i}.bin", row={}, params={},
+                where=f"row {i}") for i in range(2)]
+    with pytest.raises(DataError, match="a worker process died") as err:
+        run_jobs(jobs, open_staging(tmp_path / "out"), workers=2, pool="process", desc="prepare test")
+    assert "re-run the same command" in err.value.fix
 
 
 def test_unknown_pool_is_a_usage_error(raw_dynamic: Path, tmp_path: Path):
