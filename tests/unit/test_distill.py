@@ -152,3 +152,11 @@ def test_cli_tracks_the_student_and_registers_it_under_its_own_alias(teacher, tm
     version = client.get_model_version_by_alias("echo-lvdm", "distilled")
     assert version.run_id == run_id
     assert client.get_registered_model("echo-lvdm").aliases.get("candidate") is None  # the demo's alias untouched
+
+
+def test_the_repos_train_distill_section_is_valid(teacher, repo_root):
+    from echo_core.config import load_params
+
+    section = load_params(repo_root / "params.yaml")["train_distill"]
+    cfg = distill_config(teacher[1], section, where="params.yaml:train_distill")
+    assert cfg.distill.student_steps == 1 and cfg.distill.teacher_sampler == "heun"
