@@ -55,10 +55,10 @@ bench: venv
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/encode.py
-	$(BIN)/python benchmarks/encode.py --vae reference --videos 4 --frames 28 120
+	$(BIN)/python benchmarks/encode.py --vae reference --videos 3 --frames 28 60 --threads 2
 	$(BIN)/python benchmarks/train.py --switches
 	$(BIN)/python benchmarks/sample.py --model models:/echo-lvdm@candidate --frames 192 --batch 1 --videos 4
-	$(BIN)/python benchmarks/sampling_quality.py --out-root outputs
+	$(BIN)/python benchmarks/sampling_quality.py --out-root outputs --threads 2
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/learning.py
 	$(BIN)/python benchmarks/faults.py

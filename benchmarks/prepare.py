@@ -132,6 +132,31 @@ def summary(seconds: dict[str, list[float]], videos: int, gx: float) -> dict:
     return rows
 
 
+def _burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def two_process_ceiling(reps: int = 3, n: int = 6_000_000) -> dict:
+    """What 2 processes give this machine on pure CPU work (no I/O, no memory traffic): the ratio any
+    2-worker procedure is bounded by here (a VM's two vCPUs may share a physical core)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    ratios = []
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_burn, [1000, 1000]))  # workers started, not timed
+        for _ in range(reps):
+            start = time.perf_counter()
+            _burn(n), _burn(n)
+            one = time.perf_counter() - start
+            start = time.perf_counter()
+            list(pool.map(_burn, [n, n]))
+            ratios.append(one / (time.perf_counter() - start))
+    return {"median": statistics.median(ratios), "all": ratios, "work": f"2 x {n} Python multiply-adds"}
+
+
 def versions() -> dict[str, str]:
     import av
     import numpy
@@ -175,6 +200,7 @@ def main() -> None:
         "goal": "processes_2 >= 1.8x sequential on 2 cores (issue #14 section 3)",
         "procedures": rows,
         "gx_validation_in_flow_s": gx,
+        "two_process_ceiling": two_process_ceiling(),
         "machine": {**machine(), "versions": versions(), "load_average_before": load_before,
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "method": f"wall time; {args.reps} repetitions per procedure, interleaved (order rotates), one process; "

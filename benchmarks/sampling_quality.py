@@ -120,6 +120,30 @@ def fastest_at_equal_quality(rows: list[dict[str, Any]], reference: str = REFERE
     return {"setting": best["setting"], "speedup": ref["seconds"]["median"] / best["seconds"]["median"]}
 
 
+# which way is worse: ratios and MAE grow, the Pearson correlation with the requested EF falls
+HIGHER_IS_WORSE = {"fd_fallback_ratio": True, "fvd16_fallback_ratio": True, "ef_adherence_mae": True,
+                   "ef_adherence_pearson": False}
+
+
+def worse_on(metrics: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """The reference's measured metrics on which `metrics` is worse beyond both CIs (no overlap)."""
+    def worse(m: str) -> bool:
+        a, r = metrics.get(m), reference[m]
+        if not _finite(a) or overlaps(a, r):
+            return False
+        return a["ci_low"] > r["ci_high"] if HIGHER_IS_WORSE[m] else a["ci_high"] < r["ci_low"]
+    return [m for m in compared_metrics(reference) if worse(m)]
+
+
+def control_power(controls: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per negative control: the metrics on which it is detected as WORSE than the reference. A control that
+    fails the equality test only by being better (real videos follow the EF; a model that does not is worse
+    than them) or by an unmeasured metric shows no power to detect a degraded sample set at this N."""
+    return {c["control"]: {"worse_on": worse_on(c["metrics"], reference),
+                           "equal": equal_quality(c["metrics"], reference)}
+            for c in controls if c["control"] != "positive"}
+
+
 def controls_passing(controls: list[dict[str, Any]], reference: dict[str, Any]) -> list[str]:
     """Negative controls that the equal-quality test would call equal to the reference: at this N the CIs
     cannot tell them apart, so equality shown by the same test means nothing."""
@@ -349,25 +373,61 @@ def verdict_notes(rows: list[dict[str, Any]], passing: list[str], choice: dict[s
     missing = [m for m in METRICS if m not in names]
     if missing:
         notes.append(f"not compared (unmeasured for {REFERENCE}): {', '.join(missing)}")
+    if ref["verdict"] != "pass":
+        notes.append(f"{REFERENCE} itself has the verdict {ref['verdict']!r} against real videos: equal quality "
+                     "here means as good as the reference system's setting, not good")
     return notes
 
 
-def report(rows, controls, models, args, context: dict[str, Any]) -> dict[str, Any]:
+def power_notes(power: dict[str, dict[str, Any]]) -> list[str]:
+    """Which degradations the equality test detects below the reference at this N, in words."""
+    seen = {name: p["worse_on"] for name, p in power.items() if p["worse_on"]}
+    blind = [name for name, p in power.items() if not p["worse_on"]]
+    notes = []
+    if seen:
+        notes.append("detected as worse than the reference: " + "; ".join(
+            f"{name} (on {', '.join(metrics)})" for name, metrics in seen.items()))
+    if blind:
+        notes.append(f"NOT detected as worse than the reference at this N: {', '.join(blind)} (they fail the "
+                     "equality test only by being better on some metric, or by a metric they lack); a setting "
+                     "degraded like them could pass as equal")
+    return notes
+
+
+def selection(rows: list[dict[str, Any]], controls: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Everything the JSON derives from the measured rows and controls: the headline, its test, the notes."""
     ref = next(r for r in rows if r["setting"] == REFERENCE)
     choice = fastest_at_equal_quality(rows)
     passing = controls_passing(controls, ref["metrics"]) if choice["setting"] else []
     shown = choice["setting"] is not None and not passing
+    power = control_power(controls, ref["metrics"])
     # the headline only where the test separated every negative control; the overlap alone is kept beside it
-    return {"benchmark": "sampling_quality", "mode": "tiny" if args.tiny else "default",
-            "speedup_at_equal_quality": choice["speedup"] if shown else None,
+    return {"speedup_at_equal_quality": choice["speedup"] if shown else None,
             "fastest_equal_quality_setting": choice["setting"], "speedup_at_ci_overlap": choice["speedup"],
             "reference": REFERENCE, "equal_quality_shown": shown,
             "controls_passing_as_equal": passing, "compared_metrics": compared_metrics(ref["metrics"]),
-            "notes": verdict_notes(rows, passing, choice, args.videos), "rows": rows, "controls": controls,
+            "notes": verdict_notes(rows, passing, choice, n) + power_notes(power), "control_power": power}
+
+
+def report(rows, controls, models, args, context: dict[str, Any]) -> dict[str, Any]:
+    return {"benchmark": "sampling_quality", "mode": "tiny" if args.tiny else "default",
+            **selection(rows, controls, args.videos), "rows": rows, "controls": controls,
             "models": {k: {"train_seconds": v.get("train_seconds"), "reused": v["reused"], "data": v["data"],
                            "objective": v["config"]["objective"], "model": v["config"]["model"],
                            "optim": v["config"]["optim"], "folder": str(v["folder"])} for k, v in models.items()},
             **context}
+
+
+def rederive(path: Path) -> dict[str, Any]:
+    """A measured JSON with its derived part recomputed by this script's selection rules (no sampling): the
+    measurements stay as they were written; `rederived` records when and from which file."""
+    from datetime import UTC, datetime
+
+    result = json.loads(path.read_text(encoding="utf-8"))
+    result.update(selection(result["rows"], result["controls"], result["sampling"]["videos"]))
+    result["rederived"] = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "from": str(path),
+                           "measured_wall_seconds": result.get("wall_seconds")}
+    return result
 
 
 MARKERS = {"v_ddpm": ("o", "tab:blue"), "rectified_flow": ("s", "tab:orange"), DISTILLED: ("^", "tab:purple")}
@@ -441,6 +501,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--time-frames", type=int, default=192, help="frames of the timed video")
     parser.add_argument("--time-reps", type=int, default=2, help="timed videos per setting (round-robin)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (evaluate.torch_threads' reason)")
+    parser.add_argument("--rederive", type=Path, default=None, metavar="JSON",
+                        help="recompute the headline, notes and control power of a measured JSON (no sampling)")
     args = parser.parse_args()
     args.settings = TINY_SETTINGS if args.tiny else SETTINGS
     if args.tiny:
@@ -516,6 +578,12 @@ def run(args, params: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
+    if args.rederive is not None:
+        result = rederive(args.rederive)
+        write_json_atomic(args.out, result)
+        plot(result, args.out.with_suffix(".png"))
+        print(json.dumps({k: result[k] for k in ("speedup_at_equal_quality", "notes")}, indent=2))
+        return
     import torch
     import yaml
 

@@ -72,3 +72,30 @@ def test_touching_intervals_overlap_and_disjoint_ones_do_not(bench):
     assert bench.overlaps(est(1, 0, 1), est(2, 1, 3))
     assert not bench.overlaps(est(1, 0, 0.99), est(2, 1, 3))
     assert not bench.overlaps(None, est(2, 1, 3))
+
+
+def test_control_power_counts_only_detections_on_the_worse_side(bench):
+    ref = {"fvd16_fallback_ratio": est(1.5, 1.0, 1.8), "ef_adherence_mae": est(40.0, 30.0, 54.0),
+           "ef_adherence_pearson": est(0.1, -0.5, 0.7)}
+    controls = [{"control": "positive", "metrics": {}},
+                # real frames shuffled in time: FVD far above the reference's CI -> detected as worse
+                {"control": "shuffled", "metrics": {"fvd16_fallback_ratio": est(3.4, 2.2, 4.0),
+                                                    "ef_adherence_mae": est(9.0, 6.0, 11.0),
+                                                    "ef_adherence_pearson": est(0.98, 0.9, 1.0)}},
+                # real videos, EF permuted: better than a model that ignores EF, never detected as worse
+                {"control": "ef_permuted", "metrics": {"fvd16_fallback_ratio": est(1.0, 0.7, 1.3),
+                                                       "ef_adherence_mae": est(23.0, 17.0, 29.0),
+                                                       "ef_adherence_pearson": est(-0.3, -0.8, 0.2)}},
+                # a Pearson the control lacks makes it "not equal", yet nothing shows it is worse
+                {"control": "motionless", "metrics": {"fvd16_fallback_ratio": est(2.6, 1.7, 2.9),
+                                                      "ef_adherence_mae": est(44.0, 34.0, 55.0)}}]
+    power = bench.control_power(controls, ref)
+    assert "positive" not in power
+    assert power["shuffled"] == {"worse_on": ["fvd16_fallback_ratio"], "equal": False}
+    assert power["ef_permuted"] == {"worse_on": [], "equal": False}
+    assert power["motionless"] == {"worse_on": [], "equal": False}
+    notes = bench.power_notes(power)
+    assert notes[0] == "detected as worse than the reference: shuffled (on fvd16_fallback_ratio)"
+    assert notes[1].startswith("NOT detected as worse than the reference at this N: ef_permuted, motionless")
+    low_pearson = {"ef_adherence_pearson": est(-0.9, -1.0, -0.6)}  # below the reference's CI: worse
+    assert bench.worse_on(low_pearson, ref) == ["ef_adherence_pearson"]
