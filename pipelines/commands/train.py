@@ -54,10 +54,10 @@ def apply_overrides(section: dict[str, Any], assignments: list[str]) -> dict[str
     return data
 
 
-def resolve_section(model_cls, section: str, params: Path, assignments: list[str], *,
-                    max_steps: int | None = None, seed: int | None = None):
-    """params.yaml `<section>:` + `--set` + the dedicated flags → a validated `model_cls` (any trainer task)."""
-    from echo_core.config import load_params, validate_config
+def section_data(section: str, params: Path, assignments: list[str], *, max_steps: int | None = None,
+                 seed: int | None = None) -> dict[str, Any]:
+    """params.yaml `<section>:` + `--set` + the dedicated flags, not yet validated."""
+    from echo_core.config import load_params
     from echo_core.errors import ConfigError
 
     doc = load_params(params)
@@ -68,6 +68,15 @@ def resolve_section(model_cls, section: str, params: Path, assignments: list[str
         data.setdefault("optim", {})["max_steps"] = max_steps
     if seed is not None:
         data["seed"] = seed
+    return data
+
+
+def resolve_section(model_cls, section: str, params: Path, assignments: list[str], *,
+                    max_steps: int | None = None, seed: int | None = None):
+    """params.yaml `<section>:` + `--set` + the dedicated flags → a validated `model_cls` (any trainer task)."""
+    from echo_core.config import validate_config
+
+    data = section_data(section, params, assignments, max_steps=max_steps, seed=seed)
     return validate_config(model_cls, data, where=f"{params}:{section}")
 
 
@@ -188,18 +197,10 @@ def distill(
                                                       "servable pipeline (else the bare EMA UNet)."),
 ) -> None:
     """Distill a rectified-flow LVDM into a few-step student (sample it with `--sampler euler --steps S`)."""
-    from echo_core.config import load_params
-    from echo_core.errors import ConfigError
     from echo_core.training.distill import distill_config
     from pipelines.registry import resolve_model_folder
 
-    doc = load_params(params)
-    if DISTILL_SECTION not in doc:
-        raise ConfigError(f"{params} has no '{DISTILL_SECTION}' section",
-                          fix=f"add a '{DISTILL_SECTION}:' section (see README)")
-    section = apply_overrides(doc[DISTILL_SECTION] or {}, assignments)
-    if max_steps is not None:
-        section.setdefault("optim", {})["max_steps"] = max_steps
+    section = section_data(DISTILL_SECTION, params, assignments, max_steps=max_steps)
     cfg = distill_config(resolve_model_folder(teacher), section, where=f"{params}:{DISTILL_SECTION}")
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not (is_main and tracking):
