@@ -29,9 +29,9 @@ from torch import nn
 
 from echo_core.config import StrictModel, validate_config
 from echo_core.diffusion.objectives import euler_step, flow_timesteps, frame_mask, to_frame_residual
-from echo_core.errors import ConfigError
+from echo_core.errors import ConfigError, WeightsError
 from echo_core.models.conditioning import apply_frame_dropout, sample_dropout_masks
-from echo_core.models.lvdm import LvdmNet, read_lvdm_spec
+from echo_core.models.lvdm import LVDM_CONFIG_FILE, LvdmNet, read_lvdm_spec
 from echo_core.tracking import Tracker
 from echo_core.training.lvdm import LvdmTask, LvdmTrainConfig
 from echo_core.training.task import TrainResult
@@ -56,6 +56,10 @@ class DistillTrainConfig(LvdmTrainConfig):
 def distill_config(teacher: str | os.PathLike, section: Mapping[str, Any], where: str) -> DistillTrainConfig:
     """The student's config: the teacher folder's spec, then the `train_distill:` section (loop settings and
     `distill`); the section may not change what the network is."""
+    if not (Path(teacher) / LVDM_CONFIG_FILE).is_file():
+        raise WeightsError(f"teacher {teacher} is not an LVDM folder: {LVDM_CONFIG_FILE} is missing",
+                           fix="pass the unet_ema/ folder of a rectified-flow `echoforge train lvdm` run "
+                               "(or models:/echo-lvdm@<alias>)")
     spec = read_lvdm_spec(teacher)
     if spec.objective.kind != "rectified_flow":
         raise ConfigError(f"{teacher} was trained with objective {spec.objective.kind!r}; distillation "

@@ -11,7 +11,7 @@ import torch
 from support.lvdm_data import tiny_train_section, write_latent_store
 
 from echo_core.config import validate_config
-from echo_core.errors import ConfigError
+from echo_core.errors import ConfigError, WeightsError
 from echo_core.models.lvdm import LvdmNet, read_lvdm_spec
 from echo_core.training.distill import DistillTask, distill_config, integrate, segment_times, train_distill
 from echo_core.training.lvdm import FINAL_DIR, LvdmTrainConfig, train_lvdm
@@ -72,6 +72,9 @@ def test_config_copies_the_teacher_and_refuses_what_it_cannot_distill(teacher, t
     with pytest.raises(ConfigError, match="objective 'v_ddpm'") as err:
         distill_config(ddpm_folder, LOOP, where="test")
     assert "rectified_flow" in err.value.fix
+    with pytest.raises(WeightsError, match="is not an LVDM folder") as missing:
+        distill_config(tmp_path, LOOP, where="test")  # e.g. the run folder instead of its unet_ema/
+    assert "unet_ema" in missing.value.fix
 
 
 def test_student_starts_as_the_teacher_so_a_one_substep_target_gives_zero_loss(teacher):
