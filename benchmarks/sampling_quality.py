@@ -154,67 +154,66 @@ def controls_passing(controls: list[dict[str, Any]], reference: dict[str, Any]) 
 # ------------------------------------------------------------------------------------------ training
 
 
+def budgeted(section: dict[str, Any], steps: int, batch_size: int | None) -> dict[str, Any]:
+    """A copy of a training section with this run's step budget (and batch), checkpointing only at the end."""
+    section = json.loads(json.dumps(section))
+    section["optim"]["max_steps"] = steps
+    if batch_size is not None:
+        section["optim"]["batch_size"] = batch_size
+    section["checkpoint"] = {**section.get("checkpoint", {}), "every": steps, "total_limit": 1}
+    return section
+
+
 def train_config(params: dict[str, Any], objective: str, steps: int, batch_size: int | None):
     """The demo's `train_lvdm` with the objective switched and the budget set; no checkpoints or previews
     between the start and the end (they would cost both models the same, and teach nothing here)."""
     from echo_core.training.lvdm import LvdmTrainConfig
 
-    section = json.loads(json.dumps(params["train_lvdm"]))
+    section = budgeted(params["train_lvdm"], steps, batch_size)
     if OBJECTIVES[objective] is not None:
         section["objective"] = OBJECTIVES[objective]
-    section["optim"]["max_steps"] = steps
-    if batch_size is not None:
-        section["optim"]["batch_size"] = batch_size
-    section["checkpoint"] = {**section.get("checkpoint", {}), "every": steps, "total_limit": 1}
     section["validation"] = {**section.get("validation", {}), "every": 10 * steps}
     return LvdmTrainConfig.model_validate(section)
 
 
-def distill_train_config(params: dict[str, Any], teacher: Path, steps: int, batch_size: int | None):
-    """params.yaml `train_distill:` for the rectified-flow model's student, at the same step budget."""
-    from echo_core.training.distill import distill_config
+def recipe(name: str, params: dict[str, Any], args, models: dict[str, dict[str, Any]]):
+    """(config, trainer, extra record keys) of the model `name`: an objective, or DISTILLED, the student of
+    the rectified-flow model in `models` (params.yaml `train_distill:` at the same budget)."""
+    from echo_core.models.lvdm import UNET_WEIGHTS_FILE
+    from echo_core.training.distill import distill_config, train_distill
+    from echo_core.training.lvdm import train_lvdm
+    from echo_core.utils.hashing import sha256_file
 
-    section = json.loads(json.dumps(params["train_distill"]))
-    section["optim"]["max_steps"] = steps
-    if batch_size is not None:
-        section["optim"]["batch_size"] = batch_size
-    section["checkpoint"] = {**section.get("checkpoint", {}), "every": steps, "total_limit": 1}
-    return distill_config(teacher, section, where="params.yaml:train_distill")
+    if name != DISTILLED:
+        return train_config(params, name, args.train_steps, args.train_batch), train_lvdm, {}
+    teacher = models["rectified_flow"]["folder"]
+    cfg = distill_config(teacher, budgeted(params["train_distill"], args.train_steps, args.train_batch),
+                         where="params.yaml:train_distill")
+    # a retrained teacher at the same path needs a new student
+    return cfg, train_distill, {"teacher_weights_sha256": sha256_file(Path(teacher) / UNET_WEIGHTS_FILE)}
 
 
 def trained_model(name: str, params: dict[str, Any], args, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """{"folder", "train_seconds", "config"} of the model `name` (an objective, or DISTILLED: the student of
-    the rectified-flow model in `models`) under --work (reused when --work holds one trained with exactly
-    this config and data)."""
-    from echo_core.training.distill import train_distill
-    from echo_core.training.lvdm import FINAL_DIR, train_lvdm
+    """{"folder", "train_seconds", "config"} of the model `name` (see `recipe`) under --work (reused when
+    --work holds one trained with exactly this config and data)."""
+    from echo_core.training.lvdm import FINAL_DIR
 
-    if name == DISTILLED:
-        cfg = distill_train_config(params, models["rectified_flow"]["folder"], args.train_steps, args.train_batch)
-    else:
-        cfg = train_config(params, name, args.train_steps, args.train_batch)
-    objective = name
+    cfg, trainer, extra = recipe(name, params, args, models)
     data = [str(args.out_root / "latents" / DATASET)]
-    record = {"config": cfg.model_dump(mode="json"), "data": data}
-    if name == DISTILLED:  # a retrained teacher at the same path needs a new student
-        from echo_core.models.lvdm import UNET_WEIGHTS_FILE
-        from echo_core.utils.hashing import sha256_file
-
-        record["teacher_weights_sha256"] = sha256_file(Path(cfg.distill.teacher) / UNET_WEIGHTS_FILE)
-    run_dir = args.work / objective
+    record = {"config": cfg.model_dump(mode="json"), "data": data, **extra}
+    run_dir = args.work / name
     recorded = run_dir / "recipe.json"
     if recorded.is_file() and (run_dir / "train" / FINAL_DIR).is_dir():
         previous = json.loads(recorded.read_text(encoding="utf-8"))
         if {k: previous.get(k) for k in record} == record:
-            print(f"{objective}: reusing {run_dir / 'train' / FINAL_DIR}", flush=True)
+            print(f"{name}: reusing {run_dir / 'train' / FINAL_DIR}", flush=True)
             return {"folder": run_dir / "train" / FINAL_DIR, "reused": True, **previous}
     shutil.rmtree(run_dir / "train", ignore_errors=True)  # another recipe: the trainer would resume it
     start = time.perf_counter()
-    trainer = train_distill if name == DISTILLED else train_lvdm
     folder = trainer(cfg, data, run_dir / "train").folder
     record["train_seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(recorded, record)
-    print(f"{objective}: trained {args.train_steps} steps in {record['train_seconds']} s", flush=True)
+    print(f"{name}: trained {args.train_steps} steps in {record['train_seconds']} s", flush=True)
     return {"folder": folder, "reused": False, **record}
 
 
